@@ -1,0 +1,1 @@
+"""The Streamlit admin console over the shared database."""

@@ -1,0 +1,1 @@
+"""The ingest API: enrolment, check-ins carrying events, idempotent storage."""

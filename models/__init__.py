@@ -1,0 +1,1 @@
+"""The one source of truth: tables, wire schemas, vocabulary, database access and queries."""

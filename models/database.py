@@ -1,0 +1,101 @@
+"""The one engine factory: SQLite tuned for concurrent readers, PostgreSQL with pooling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlmodel import Session
+
+from models.settings import Settings
+
+
+class DatabaseURLError(ValueError):
+    """The database URL cannot be used; the message is fit for one line of CLI output."""
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URL shapes operators paste (`postgres://`, bare `postgresql://`)."""
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_db_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
+    """An engine for `url` (default: the settings' database URL), tuned for its backend."""
+    settings = settings or Settings()
+    raw = normalise_url(url or settings.database_url)
+    try:
+        parsed = make_url(raw)
+    except ArgumentError:
+        raise DatabaseURLError(f"malformed database URL: {raw!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, settings)
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(
+            parsed,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_pool_size,
+            pool_timeout=settings.database_timeout_seconds,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": max(1, int(settings.database_timeout_seconds))},
+        )
+    raise DatabaseURLError(
+        f"unsupported database {backend!r} in {parsed.render_as_string(hide_password=True)}: "
+        "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+    )
+
+
+def _sqlite_engine(url: sa.URL, settings: Settings) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        directory = Path(database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseURLError(
+                f"cannot create the directory for the SQLite database {directory}: {exc.strerror}"
+            ) from None
+    busy_ms = int(settings.database_timeout_seconds * 1000)
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": settings.database_timeout_seconds},
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _tune(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.close()
+
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def describe_url(engine: Engine) -> str:
+    """The engine's URL with any password hidden, for logs and CLI output."""
+    return engine.url.render_as_string(hide_password=True)

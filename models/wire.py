@@ -1,0 +1,202 @@
+"""Wire schemas of the v1 HTTP contract, shared by the ingest API and the agent.
+
+Only pydantic here: the agent imports this module on every managed host.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Self
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from models.vocabulary import EventType, Status, kind_of
+
+MAX_EVENTS_PER_CHECKIN = 1000
+MAX_ERROR_MESSAGE_BYTES = 64 * 1024
+MAX_MIGRATION_LABEL_CHARS = 255
+MAX_SYSTEM_INFO_BYTES = 16 * 1024
+MAX_DETAILS_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 8 * 1024
+MAX_JSON_DEPTH = 8
+TRUNCATION_MARKER = "\n[truncated: {omitted} bytes omitted]"
+# Events older than this cannot come from a RedFlag agent; newer than the server's clock
+# plus this skew cannot be true either. Both are bounds against absurd input, not policy.
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_CLOCK_SKEW = timedelta(days=1)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """Text that every database can store: no NUL, no lone surrogates.
+
+    PostgreSQL refuses both in text and JSONB; they are replaced (U+FFFD), not rejected,
+    so that an event is never lost for a stray byte.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = _LONE_SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def _clean_json(value: Any, *, depth: int, max_depth: int) -> Any:
+    if depth > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels")
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {
+            clean_text(str(k)): _clean_json(v, depth=depth + 1, max_depth=max_depth)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_clean_json(v, depth=depth + 1, max_depth=max_depth) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and infinity are not JSON")
+    return value
+
+
+def bounded_json(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> AfterValidator:
+    """A validator for a JSON object column: cleaned text, bounded depth and size."""
+
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        cleaned: dict[str, Any] = _clean_json(value, depth=1, max_depth=max_depth)
+        size = len(json.dumps(cleaned, ensure_ascii=False, separators=(",", ":")).encode())
+        if size > max_bytes:
+            raise ValueError(f"is {size} bytes of JSON, more than the limit of {max_bytes}")
+        return cleaned
+
+    return AfterValidator(check)
+
+
+def truncate_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
+    """Cut text to at most max_bytes of UTF-8 (marker included), on a character boundary."""
+    data = text.encode("utf-8")
+    if len(data) <= max_bytes:
+        return text, False
+    marker_room = len(TRUNCATION_MARKER.format(omitted=len(data)).encode())
+    head = data[: max_bytes - marker_room].decode("utf-8", "ignore")
+    omitted = len(data) - len(head.encode("utf-8"))
+    return head + TRUNCATION_MARKER.format(omitted=omitted), True
+
+
+CleanStr = Annotated[str, AfterValidator(clean_text)]
+ShortText = Annotated[CleanStr, StringConstraints(max_length=MAX_MIGRATION_LABEL_CHARS)]
+SystemInfo = Annotated[dict[str, Any], bounded_json(MAX_SYSTEM_INFO_BYTES)]
+Details = Annotated[dict[str, Any], bounded_json(MAX_DETAILS_BYTES)]
+Metadata = Annotated[dict[str, Any], bounded_json(MAX_METADATA_BYTES)]
+
+
+class _Strict(BaseModel):
+    # Unknown fields are an agent bug worth hearing about, not something to drop quietly.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class Event(_Strict):
+    """One outcome an agent reports: a migration step or a regular update event."""
+
+    event_id: UUID
+    event_type: EventType
+    status: Status
+    error_message: CleanStr | None = None
+    error_truncated: bool = False
+    migration_from: ShortText | None = None
+    migration_to: ShortText | None = None
+    timestamp: AwareDatetime
+    system_info: SystemInfo = Field(default_factory=dict)
+    details: Details = Field(default_factory=dict)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of range") from None
+        if utc < EARLIEST_EVENT_TIME:
+            raise ValueError(f"is before {EARLIEST_EVENT_TIME:%Y-%m-%d}")
+        if utc > datetime.now(UTC) + MAX_CLOCK_SKEW:
+            raise ValueError("is more than a day ahead of the server's clock")
+        return utc
+
+    @model_validator(mode="after")
+    def _agree_with_vocabulary(self) -> Self:
+        expected = kind_of(self.event_type).status
+        if self.status is not expected:
+            raise ValueError(
+                f"status {self.status.value!r} does not agree with event_type "
+                f"{self.event_type.value!r}, which must be {expected.value!r}"
+            )
+        if self.status is Status.FAILED and not (self.error_message or "").strip():
+            raise ValueError("error_message is required when status is 'failed'")
+        if self.error_message is not None:
+            self.error_message, cut = truncate_utf8(self.error_message, MAX_ERROR_MESSAGE_BYTES)
+            self.error_truncated = self.error_truncated or cut
+        return self
+
+
+class CheckinRequest(_Strict):
+    """The check-in envelope. Events stay raw here: each is validated on its own."""
+
+    agent_version: Annotated[CleanStr, StringConstraints(min_length=1, max_length=64)]
+    system_info: SystemInfo | None = None
+    events: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=MAX_EVENTS_PER_CHECKIN,
+        json_schema_extra={"items": {"$ref": "#/components/schemas/Event"}},
+    )
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    event_id: UUID | None
+    error: str
+
+
+class CheckinResponse(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedEvent]
+    check_in_interval_seconds: int
+    server_time: AwareDatetime
+
+
+class RegistrationRequest(_Strict):
+    hostname: Annotated[CleanStr, StringConstraints(min_length=1, max_length=255)]
+    os_type: Annotated[CleanStr, StringConstraints(min_length=1, max_length=64)]
+    os_version: Annotated[CleanStr, StringConstraints(max_length=128)]
+    os_architecture: Annotated[CleanStr, StringConstraints(max_length=64)]
+    agent_version: Annotated[CleanStr, StringConstraints(min_length=1, max_length=64)]
+    machine_id: Annotated[CleanStr, StringConstraints(max_length=128)] | None = None
+    metadata: Metadata | None = None
+
+
+class RegistrationResponse(BaseModel):
+    agent_id: UUID
+    agent_token: str
+    check_in_interval_seconds: int
+
+
+def describe_validation_error(exc: Any) -> str:
+    """One line naming each bad field, from a pydantic ValidationError."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(p) for p in error["loc"]) or "event"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)

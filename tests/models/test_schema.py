@@ -1,0 +1,42 @@
+"""Alembic owns the schema: upgrades are idempotent and match the models exactly."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from models.database import create_db_engine
+from models.schema import current_revision, head_revision, schema_drift, upgrade_database
+
+
+def test_upgrade_creates_schema_and_second_run_is_a_no_op(empty_db_url: str) -> None:
+    engine = create_db_engine(empty_db_url)
+    assert current_revision(engine) is None
+
+    assert upgrade_database(engine) == (None, head_revision())
+    assert upgrade_database(engine) == (head_revision(), head_revision())
+
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"agent", "enrollment_token", "update_events", "alembic_version"} <= tables
+    engine.dispose()
+
+
+def test_migrations_match_models_without_drift(engine: sa.Engine) -> None:
+    assert schema_drift(engine) == []
+
+
+def test_event_id_is_unique_per_agent(engine: sa.Engine) -> None:
+    constraints = sa.inspect(engine).get_unique_constraints("update_events")
+    assert {
+        "name": "uq_update_events_agent_id_event_id",
+        "column_names": ["agent_id", "event_id"],
+    } in [{"name": c["name"], "column_names": c["column_names"]} for c in constraints]
+
+
+def test_console_query_indexes_exist(engine: sa.Engine) -> None:
+    indexed = {tuple(ix["column_names"]) for ix in sa.inspect(engine).get_indexes("update_events")}
+    assert {
+        ("occurred_at",),
+        ("agent_id", "occurred_at"),
+        ("event_type", "status", "occurred_at"),
+        ("fingerprint", "occurred_at"),
+    } <= indexed
