@@ -19,6 +19,7 @@ db-upgrade: install
 	$(BIN)/redflag-server db upgrade
 
 run: db-upgrade
+	$(BIN)/redflag-server serve
 
 test: install
 	$(BIN)/pytest

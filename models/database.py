@@ -74,6 +74,9 @@ def _sqlite_engine(url: sa.URL, settings: Settings) -> Engine:
 
     @sa.event.listens_for(engine, "connect")
     def _tune(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, say when a transaction begins, so that
+        # writers can take the write lock up front (see write_transaction).
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -81,7 +84,29 @@ def _sqlite_engine(url: sa.URL, settings: Settings) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
 
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
     return engine
+
+
+_WRITE_OPTION = "redflag_write"
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection in a transaction meant to write, committed on success.
+
+    On SQLite it begins with BEGIN IMMEDIATE: the write lock is taken (waiting up to the
+    busy timeout) before anything is read, so a read transaction never has to upgrade to
+    a write one, which is what makes SQLite answer "database is locked" at once.
+    """
+    with engine.connect() as connection:
+        connection = connection.execution_options(**{_WRITE_OPTION: True})
+        with connection.begin():
+            yield connection
 
 
 @contextmanager

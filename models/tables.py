@@ -130,3 +130,9 @@ class UpdateEvent(SQLModel, table=True):
     received_at: datetime = _utc()
     system_info: dict[str, Any] = _json()
     details: dict[str, Any] = _json()
+
+
+# Core table objects, for bulk reads and writes that need no ORM objects.
+AGENT_TABLE: sa.Table = SQLModel.metadata.tables["agent"]
+ENROLLMENT_TOKEN_TABLE: sa.Table = SQLModel.metadata.tables["enrollment_token"]
+EVENT_TABLE: sa.Table = SQLModel.metadata.tables["update_events"]

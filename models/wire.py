@@ -156,7 +156,7 @@ class CheckinRequest(_Strict):
 
     agent_version: Annotated[CleanStr, StringConstraints(min_length=1, max_length=64)]
     system_info: SystemInfo | None = None
-    events: list[dict[str, Any]] = Field(
+    events: list[Any] = Field(
         default_factory=list,
         max_length=MAX_EVENTS_PER_CHECKIN,
         json_schema_extra={"items": {"$ref": "#/components/schemas/Event"}},

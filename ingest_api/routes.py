@@ -1,0 +1,186 @@
+"""The v1 HTTP routes: health, agent registration and check-ins carrying events."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+
+from ingest_api.runtime import Runtime
+from ingest_api.service import Forbidden, Unauthorized, authenticate_agent, register_agent
+from models.store import store_events
+from models.wire import (
+    CheckinRequest,
+    CheckinResponse,
+    Event,
+    RegistrationRequest,
+    RegistrationResponse,
+    RejectedEvent,
+    describe_validation_error,
+)
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+def _error(description: str, *, retry_after: bool = False, bearer: bool = False) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if retry_after:
+        headers["Retry-After"] = {
+            "description": "seconds to wait before retrying",
+            "schema": {"type": "integer"},
+        }
+    if bearer:
+        headers["WWW-Authenticate"] = {"schema": {"type": "string"}}
+    return {"model": ErrorDetail, "description": description, "headers": headers}
+
+
+UNAUTHORIZED = _error("missing, unknown, expired, spent or revoked bearer token", bearer=True)
+TOO_LARGE = _error("request body over the size limit")
+UNAVAILABLE = _error("database unavailable; retry after the given delay", retry_after=True)
+
+router = APIRouter()
+bearer_scheme = HTTPBearer(auto_error=False, description="agent or enrolment token")
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail=message, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def authenticated_agent(agent_id: UUID, credentials: BearerDep, runtime: RuntimeDep) -> UUID:
+    """The agent id from the path, once the bearer token is proven to be that agent's."""
+    token = credentials.credentials if credentials else None
+    try:
+        with runtime.engine.connect() as connection:
+            authenticate_agent(connection, token=token, agent_id=agent_id)
+    except Unauthorized as exc:
+        raise _unauthorized(str(exc)) from None
+    except Forbidden as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
+    return agent_id
+
+
+AgentDep = Annotated[UUID, Depends(authenticated_agent)]
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: _error("the database does not answer")},
+)
+def healthz(runtime: RuntimeDep) -> Health:
+    """200 when the database answers, else 503."""
+    with runtime.engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
+    return Health(status="ok")
+
+
+@router.post(
+    "/api/v1/agents/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RegistrationResponse,
+    responses={401: UNAUTHORIZED, 413: TOO_LARGE, 503: UNAVAILABLE},
+)
+def register(
+    body: RegistrationRequest, credentials: BearerDep, runtime: RuntimeDep
+) -> RegistrationResponse:
+    """Enrol a host with an enrolment token; returns its agent id and agent token."""
+    if credentials is None:
+        raise _unauthorized("missing bearer enrolment token")
+    try:
+        with runtime.write() as connection:
+            agent = register_agent(
+                connection, enrollment_token=credentials.credentials, request=body
+            )
+    except Unauthorized as exc:
+        raise _unauthorized(str(exc)) from None
+    return RegistrationResponse(
+        agent_id=agent.agent_id,
+        agent_token=agent.agent_token,
+        check_in_interval_seconds=runtime.settings.check_in_interval_seconds,
+    )
+
+
+@router.post(
+    "/api/v1/agents/{agent_id}/checkin",
+    response_model=CheckinResponse,
+    responses={
+        401: UNAUTHORIZED,
+        403: _error("the token belongs to another agent"),
+        413: TOO_LARGE,
+        429: _error("check-in rate exceeded; retry after the given delay", retry_after=True),
+        503: UNAVAILABLE,
+    },
+)
+def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> CheckinResponse:
+    """Store a batch of events; bad events are listed in `rejected`, good ones are kept."""
+    wait = runtime.rate_limiter.acquire(agent_id)
+    if wait > 0:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail="check-in rate exceeded",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+    valid, rejected = validate_events(body.events)
+    received_at = datetime.now(UTC)
+    with runtime.write() as connection:
+        result = store_events(
+            connection,
+            agent_id=agent_id,
+            events=valid,
+            received_at=received_at,
+            agent_version=body.agent_version,
+            system_info=body.system_info,
+        )
+    return CheckinResponse(
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=rejected,
+        check_in_interval_seconds=runtime.settings.check_in_interval_seconds,
+        server_time=received_at,
+    )
+
+
+def validate_events(raw_events: list[Any]) -> tuple[list[Event], list[RejectedEvent]]:
+    """Validate each event on its own, so one bad event does not sink the batch."""
+    valid: list[Event] = []
+    rejected: list[RejectedEvent] = []
+    for index, raw in enumerate(raw_events):
+        try:
+            valid.append(Event.model_validate(raw))
+        except ValidationError as exc:
+            rejected.append(
+                RejectedEvent(
+                    index=index, event_id=_readable_id(raw), error=describe_validation_error(exc)
+                )
+            )
+    return valid, rejected
+
+
+def _readable_id(raw: Any) -> UUID | None:
+    try:
+        return UUID(str(raw["event_id"]))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None

@@ -1,0 +1,165 @@
+"""Writing reported events: derived fields, idempotent insert, the agent's migration summary.
+
+Used by the ingest API for every check-in and by tools that load events in bulk, so the
+rules for what gets stored live in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from models.fingerprint import fingerprint
+from models.tables import AGENT_TABLE as AGENTS
+from models.tables import EVENT_TABLE as EVENTS
+from models.vocabulary import (
+    Category,
+    EventType,
+    MigrationState,
+    Status,
+    kind_of,
+    migration_state_after,
+    severity_for,
+)
+from models.wire import Event
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    accepted: int
+    duplicates: int
+
+
+def event_row(
+    event: Event, *, agent_id: UUID, hostname: str, received_at: datetime
+) -> dict[str, Any]:
+    """The `update_events` row for a validated event, with the server's derived fields."""
+    kind = kind_of(event.event_type)
+    has_error = event.error_message is not None and event.status is not Status.SUCCESS
+    return {
+        "agent_id": agent_id,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "category": kind.category,
+        "phase": kind.phase,
+        "status": event.status,
+        "severity": severity_for(event.status),
+        "error_message": event.error_message,
+        "error_truncated": event.error_truncated,
+        "fingerprint": (
+            fingerprint(event.event_type.value, event.error_message or "", hostname=hostname)
+            if has_error
+            else None
+        ),
+        "migration_from": event.migration_from,
+        "migration_to": event.migration_to,
+        "occurred_at": event.timestamp,
+        "received_at": received_at,
+        "system_info": event.system_info,
+        "details": event.details,
+    }
+
+
+def _insert_ignoring_duplicates(connection: Connection, rows: list[dict[str, Any]]) -> set[UUID]:
+    """Insert rows, skipping (agent_id, event_id) conflicts; returns the ids inserted.
+
+    The conflict target is named so that any other constraint violation still raises.
+    """
+    dialect = connection.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(EVENTS)
+        .on_conflict_do_nothing(index_elements=["agent_id", "event_id"])
+        .returning(EVENTS.c.event_id)
+    )
+    return set(connection.scalars(statement, rows).all())
+
+
+def store_events(
+    connection: Connection,
+    *,
+    agent_id: UUID,
+    events: Sequence[Event],
+    received_at: datetime,
+    agent_version: str | None = None,
+    system_info: dict[str, Any] | None = None,
+) -> StoreResult:
+    """Store a check-in's valid events and update the agent, inside the caller's transaction.
+
+    Re-sent events (same agent and event id) are counted as duplicates and the first copy
+    is kept, so `accepted + duplicates == len(events)` always holds.
+    """
+    agent = _lock_agent(connection, agent_id)
+    unique: dict[UUID, Event] = {}
+    for event in events:
+        unique.setdefault(event.event_id, event)
+    rows = [
+        event_row(e, agent_id=agent_id, hostname=agent["hostname"], received_at=received_at)
+        for e in unique.values()
+    ]
+    inserted = _insert_ignoring_duplicates(connection, rows) if rows else set()
+
+    changes: dict[str, Any] = {"last_seen_at": received_at}
+    if agent_version is not None:
+        changes["agent_version"] = agent_version
+    if system_info is not None:
+        changes["system_info"] = system_info
+    new_migration_rows = [
+        row for row in rows if row["event_id"] in inserted and row["category"] is Category.MIGRATION
+    ]
+    changes.update(migration_summary(agent, new_migration_rows))
+    connection.execute(sa.update(AGENTS).where(AGENTS.c.id == agent_id).values(**changes))
+    return StoreResult(accepted=len(inserted), duplicates=len(events) - len(inserted))
+
+
+def _lock_agent(connection: Connection, agent_id: UUID) -> sa.RowMapping:
+    # FOR UPDATE serialises concurrent check-ins of one agent on PostgreSQL, so the
+    # summary is never computed from a stale row; SQLite writers are serialised anyway.
+    query = sa.select(
+        AGENTS.c.hostname,
+        AGENTS.c.migration_state,
+        AGENTS.c.migration_state_at,
+        AGENTS.c.ever_migrated,
+    ).where(AGENTS.c.id == agent_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return connection.execute(query).mappings().one()
+
+
+def migration_summary(agent: sa.RowMapping, new_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Changes to the agent's migration summary after newly stored migration event rows.
+
+    Events may arrive out of order (a spool drained late), so the summary follows the
+    newest event by the agent's own timestamp, not by arrival.
+    """
+    if not new_rows:
+        return {}
+    ever_migrated = agent["ever_migrated"] or any(
+        row["event_type"] is EventType.MIGRATION_EXECUTION_SUCCESS for row in new_rows
+    )
+    changes: dict[str, Any] = {"ever_migrated": ever_migrated}
+    latest = max(new_rows, key=lambda row: row["occurred_at"])
+    current_at: datetime | None = agent["migration_state_at"]
+    if current_at is None or latest["occurred_at"] >= current_at:
+        failed_or_warned = latest["status"] is not Status.SUCCESS
+        changes.update(
+            migration_state=migration_state_after(
+                latest["event_type"], ever_migrated=ever_migrated
+            ),
+            migration_state_at=latest["occurred_at"],
+            last_migration_event_type=latest["event_type"],
+            last_migration_from=latest["migration_from"],
+            last_migration_to=latest["migration_to"],
+            last_error_message=latest["error_message"] if failed_or_warned else None,
+            last_fingerprint=latest["fingerprint"],
+        )
+    elif ever_migrated and agent["migration_state"] == MigrationState.NOT_NEEDED:
+        changes["migration_state"] = MigrationState.MIGRATED
+    return changes
