@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,6 +19,7 @@ from ingest_api.routes import router
 from ingest_api.runtime import Runtime
 from models.database import create_db_engine
 from models.settings import Settings
+from models.wire import MAX_REPORTED_ERRORS, safe_error
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,53 @@ _UNAVAILABLE = (
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,
 )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    # FastAPI answers 400 to a body it cannot decode (invalid UTF-8, nesting too deep for
+    # the parser); the contract calls every malformed envelope a 422, so there is one code
+    # to handle, in the documented shape.
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 400:
+        error = {"type": "json_invalid", "loc": ["body"], "msg": _unparseable(exc.__cause__)}
+        return JSONResponse(status_code=422, content={"detail": [error]})
+    return await http_exception_handler(request, exc)  # type: ignore[arg-type]
+
+
+def _unparseable(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not valid UTF-8"
+    if isinstance(cause, RecursionError):
+        return "the body is nested too deeply to parse"
+    return "the body cannot be parsed as JSON"
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, without the input echoed back and with a bounded number of errors."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [safe_error(error) for error in errors[:MAX_REPORTED_ERRORS]]
+    if len(errors) > MAX_REPORTED_ERRORS:
+        omitted = len(errors) - MAX_REPORTED_ERRORS
+        detail.append({"type": "too_many_errors", "loc": [], "msg": f"{omitted} more not shown"})
+    if not _declares_json(request.headers.get("content-type")):
+        # FastAPI only parses a body declared as JSON; otherwise its complaint ("should be
+        # a valid dictionary") hides the actual mistake.
+        for error in detail:
+            if error["loc"] == ["body"]:
+                error["msg"] = "the body must be a JSON object sent as application/json"
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # A bug, not the client's doing: the server logs the traceback, the client gets JSON
+    # that says nothing of the code or the SQL behind it.
+    return JSONResponse(status_code=500, content={"detail": "internal server error"})
+
+
+def _declares_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -63,16 +112,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             headers={"Retry-After": str(settings.retry_after_seconds)},
         )
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        # FastAPI answers 400 to a body it cannot decode (invalid UTF-8, broken nesting);
-        # the contract calls every malformed envelope a 422, so there is one code to handle.
-        if isinstance(exc, StarletteHTTPException) and exc.status_code == 400:
-            return JSONResponse(
-                status_code=422, content={"detail": f"malformed request body: {exc.detail}"}
-            )
-        return await http_exception_handler(request, exc)  # type: ignore[arg-type]
-
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(Exception, internal_error)
     for exc_class in _UNAVAILABLE:
         app.add_exception_handler(exc_class, database_unavailable)
     return app

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import pydantic_core
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ingest_api.runtime import Runtime
 from ingest_api.service import Forbidden, Unauthorized, authenticate_agent, register_agent
-from models.store import store_events
+from models.store import ConcurrentInsert, store_events
 from models.wire import (
     CheckinRequest,
     CheckinResponse,
@@ -50,11 +54,46 @@ UNAUTHORIZED = _error("missing, unknown, expired, spent or revoked bearer token"
 TOO_LARGE = _error("request body over the size limit")
 UNAVAILABLE = _error("database unavailable; retry after the given delay", retry_after=True)
 
-router = APIRouter()
+
+def parse_json_body(body: bytes) -> Any:
+    """A request body as JSON, parsed by pydantic-core's parser when it can.
+
+    It is about twice as fast as the standard library on check-in bodies. Whatever it
+    refuses (lone surrogate escapes, a byte-order mark, very deep nesting) goes to the
+    standard library, so every body gets the value, or the error, it always got.
+    """
+    try:
+        return pydantic_core.from_json(body)
+    except ValueError:
+        return json.loads(body)
+
+
+class _FastJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json_body(await self.body())
+        return self._json
+
+
+class FastJSONRoute(APIRoute):
+    """A route whose JSON body is read by `parse_json_body`; everything else is FastAPI's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            return await handler(_FastJSONRequest(request.scope, request.receive))
+
+        return route_handler
+
+
+router = APIRouter(route_class=FastJSONRoute)
 bearer_scheme = HTTPBearer(auto_error=False, description="agent or enrolment token")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain def dependency in its thread pool, a hop that costs more
+    # than this attribute lookup.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -145,15 +184,23 @@ def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> Ch
         )
     valid, rejected = validate_events(body.events)
     received_at = datetime.now(UTC)
-    with runtime.write() as connection:
-        result = store_events(
-            connection,
-            agent_id=agent_id,
-            events=valid,
-            received_at=received_at,
-            agent_version=body.agent_version,
-            system_info=body.system_info,
-        )
+    try:
+        with runtime.write() as connection:
+            result = store_events(
+                connection,
+                agent_id=agent_id,
+                events=valid,
+                received_at=received_at,
+                agent_version=body.agent_version,
+                system_info=body.system_info,
+            )
+    except ConcurrentInsert:
+        # Rolled back; the retry finds the other writer's rows and counts them duplicates.
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="events were being stored concurrently, retry later",
+            headers={"Retry-After": str(runtime.settings.retry_after_seconds)},
+        ) from None
     return CheckinResponse(
         accepted=result.accepted,
         duplicates=result.duplicates,
@@ -163,8 +210,16 @@ def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> Ch
     )
 
 
+_EVENT_LIST = TypeAdapter(list[Event])
+
+
 def validate_events(raw_events: list[Any]) -> tuple[list[Event], list[RejectedEvent]]:
     """Validate each event on its own, so one bad event does not sink the batch."""
+    try:
+        # A batch without a bad event, the common case, in one call into pydantic-core.
+        return _EVENT_LIST.validate_python(raw_events), []
+    except ValidationError:
+        pass
     valid: list[Event] = []
     rejected: list[RejectedEvent] = []
     for index, raw in enumerate(raw_events):

@@ -129,16 +129,18 @@ def register_agent(
     return RegisteredAgent(agent_id=agent_id, agent_token=token)
 
 
+# Built once: every check-in runs it, and building a statement costs more than running it.
+_AGENT_BY_TOKEN = sa.select(AGENTS.c.id, AGENTS.c.token_hash, AGENTS.c.revoked).where(
+    AGENTS.c.token_hash == sa.bindparam("token_hash")
+)
+
+
 def authenticate_agent(connection: Connection, *, token: str | None, agent_id: UUID) -> None:
     """Check that the token is a live agent token for exactly this agent."""
     if not token:
         raise Unauthorized("missing bearer token")
     wanted = hash_token(token)
-    row = connection.execute(
-        sa.select(AGENTS.c.id, AGENTS.c.token_hash, AGENTS.c.revoked).where(
-            AGENTS.c.token_hash == wanted
-        )
-    ).one_or_none()
+    row = connection.execute(_AGENT_BY_TOKEN, {"token_hash": wanted}).one_or_none()
     if row is None or not hmac.compare_digest(row.token_hash, wanted) or row.revoked:
         raise Unauthorized("agent token is unknown or revoked")
     if row.id != agent_id:

@@ -44,6 +44,21 @@ _MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,}\b", re.IGNORECASE), "<hex>"),
     (re.compile(r"\d+(?:\.\d+)*"), "<n>"),
 )
+# Literal text each mask cannot match without, in the same order: a mask whose text is
+# absent is skipped, which saves most of the regex work on a typical message.
+_REQUIRED: tuple[tuple[str, ...], ...] = (
+    ("://",),
+    (),
+    (".",),
+    (":",),
+    ("[", ":"),
+    ("/",),
+    (":\\",),
+    (".",),
+    ("0",),
+    (),
+    (),
+)
 _SPACES = re.compile(r"\s+")
 
 FINGERPRINT_LENGTH = 16
@@ -61,8 +76,9 @@ def error_signature(message: str, *, hostname: str | None = None) -> str:
     text = message[:SIGNATURE_INPUT_CHARS]
     if hostname and len(hostname) >= 3:
         text = re.sub(re.escape(hostname), "<host>", text, flags=re.IGNORECASE)
-    for pattern, placeholder in _MASKS:
-        text = pattern.sub(placeholder, text)
+    for (pattern, placeholder), required in zip(_MASKS, _REQUIRED, strict=True):
+        if all(part in text for part in required):
+            text = pattern.sub(placeholder, text)
     return _SPACES.sub(" ", text).strip()
 
 

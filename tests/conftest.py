@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -84,11 +85,13 @@ def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: object)
     _drop_pg_database(admin, name)
 
 
-@pytest.fixture
-def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
-    """The URL of a new database already at the newest schema."""
+@contextmanager
+def _migrated_database(
+    backend: str, request: pytest.FixtureRequest, directory: object
+) -> Iterator[str]:
+    """A new database already at the newest schema, dropped afterwards; yields its URL."""
     if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/redflag.db"
+        url = f"sqlite:///{directory}/redflag.db"
         engine = create_db_engine(url)
         upgrade_database(engine)
         engine.dispose()
@@ -101,6 +104,31 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: object) -> It
         connection.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     yield _pg_url(name)
     _drop_pg_database(admin, name)
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
+    """The URL of a new database already at the newest schema."""
+    with _migrated_database(backend, request, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def module_engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """An engine on one migrated database shared by a module's tests, on each backend.
+
+    For large parametrized suites whose cases each keep to their own rows (their own
+    agent), where a fresh database per case would cost more than the case itself.
+    """
+    directory = tmp_path_factory.mktemp("module_db")
+    with _migrated_database(str(request.param), request, directory) as url:
+        engine = create_db_engine(url)
+        yield engine
+        engine.dispose()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from models import fingerprint as fingerprint_module
 from models.fingerprint import error_signature, fingerprint
 
 FAILED = "migration_execution_failed"
@@ -121,3 +122,20 @@ def test_fingerprint_is_short_hex() -> None:
     value = fingerprint(FAILED, "anything")
     assert len(value) == 16
     int(value, 16)
+
+
+def test_skipping_masks_without_their_literal_text_changes_no_signature() -> None:
+    messages = [
+        "copy /var/lib/aggregator/last_scan.json: [Errno 13] Permission denied",
+        "GET https://redflag.example.org:8443/api failed: 0xdeadbeef from [fe80::1]:8080",
+        r"cannot open C:\ProgramData\RedFlag\config.json (error 5) on 10.0.0.7:443",
+        "checksum 9f86d081884c7d65 != 3c59dc048e885024 for 123e4567-e89b-12d3-a456-426614174000",
+        "plain words only",
+        "ports 1:2:3 and 0X1F and web-01.corp.example.com",
+    ]
+    for message in messages:
+        text = message
+        for pattern, placeholder in fingerprint_module._MASKS:
+            text = pattern.sub(placeholder, text)
+        expected = fingerprint_module._SPACES.sub(" ", text).strip()
+        assert error_signature(message) == expected

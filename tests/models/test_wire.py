@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from models.wire import (
     RegistrationRequest,
     clean_text,
     describe_validation_error,
+    safe_error,
 )
 from tests.factories import registration, wire_event
 
@@ -72,7 +74,7 @@ def test_naive_timestamp_is_rejected() -> None:
     [
         "1970-01-01T00:00:00Z",
         "0001-01-01T00:00:00+05:00",
-        (datetime.now(UTC) + timedelta(days=3)).isoformat(),
+        pytest.param((datetime.now(UTC) + timedelta(days=3)).isoformat(), id="3-days-ahead"),
     ],
 )
 def test_absurd_timestamps_are_rejected(timestamp: str) -> None:
@@ -133,3 +135,44 @@ def test_checkin_carries_at_most_1000_events() -> None:
 def test_registration_needs_a_hostname() -> None:
     with pytest.raises(ValidationError, match="hostname"):
         RegistrationRequest.model_validate(registration(hostname=""))
+
+
+def test_error_description_stays_short_whatever_the_event_holds() -> None:
+    unknown = {f"field_{i}_" + "x" * 10_000: float("nan") for i in range(50)}
+    with pytest.raises(ValidationError) as caught:
+        Event.model_validate({**wire_event(), **unknown})
+
+    text = describe_validation_error(caught.value)
+
+    assert len(text) < 2000
+    assert "nan" not in text.lower()
+    assert text.endswith("and 40 more errors")
+
+
+def test_safe_error_drops_the_input_and_cleans_and_cuts_the_location() -> None:
+    error = {
+        "type": "extra_forbidden",
+        "loc": ("body", 7, "\ud800\x00" + "x" * 10_000),
+        "msg": "Extra inputs are not permitted",
+        "input": {"secret": float("nan")},
+    }
+    safe = safe_error(error)
+
+    assert set(safe) == {"type", "loc", "msg"}
+    assert safe["loc"][:2] == ["body", 7]
+    assert safe["loc"][2].startswith("\ufffd\ufffdxxx")
+    assert len(safe["loc"][2]) < 100
+    json.dumps(safe, allow_nan=False).encode("utf-8")
+
+
+def test_safe_error_keeps_the_parser_reason() -> None:
+    error = {"type": "json_invalid", "loc": ("body", 7), "msg": "JSON decode error"}
+    error["ctx"] = {"error": "Expecting value"}
+    assert safe_error(error)["msg"] == "JSON decode error: Expecting value"
+
+
+def test_checkin_schema_describes_each_event() -> None:
+    items = CheckinRequest.model_json_schema()["properties"]["events"]["items"]
+    assert "$ref" not in items or items["$ref"].endswith("/Event")
+    event = items if "properties" in items else CheckinRequest.model_json_schema()["$defs"]["Event"]
+    assert {"event_id", "event_type", "status", "timestamp"} <= set(event["required"])
