@@ -16,6 +16,7 @@ import uvicorn
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ingest_api.cli_export import add_export_parser
 from ingest_api.service import create_enrollment_token, list_agents, revoke_agent
 from models.database import DatabaseURLError, create_db_engine, describe_url, write_transaction
 from models.schema import current_revision, head_revision, upgrade_database
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     upgrade = db_commands.add_parser("upgrade", help="create or upgrade the schema (idempotent)")
     upgrade.set_defaults(handler=_db_upgrade)
+
+    add_export_parser(commands, _Parser)
 
     serve = commands.add_parser("serve", help="run the ingest API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
