@@ -99,7 +99,8 @@ class UpdateEvent(SQLModel, table=True):
         sa.Index(None, "agent_id", "occurred_at"),
         sa.Index(None, "category", "occurred_at"),
         sa.Index(None, "event_type", "status", "occurred_at"),
-        sa.Index(None, "fingerprint", "occurred_at"),
+        # Covers the error-group queries (distinct agents per fingerprint over time).
+        sa.Index(None, "fingerprint", "occurred_at", "agent_id"),
     )
 
     id: int | None = Field(

@@ -38,5 +38,5 @@ def test_console_query_indexes_exist(engine: sa.Engine) -> None:
         ("occurred_at",),
         ("agent_id", "occurred_at"),
         ("event_type", "status", "occurred_at"),
-        ("fingerprint", "occurred_at"),
+        ("fingerprint", "occurred_at", "agent_id"),
     } <= indexed
