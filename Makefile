@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export REDFLAG_DATABASE_URL ?= sqlite:///./var/redflag.db
 
-.PHONY: install run test lint format db-upgrade clean
+.PHONY: install run demo-reset test bench lint format db-upgrade clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The benchmark suite (bench/): profilers on top of the dev install. BENCH_ARGS passes
+# options through, e.g. `make bench BENCH_ARGS="--only ingest --backends sqlite"`.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 db-upgrade: install
 	$(BIN)/redflag-server db upgrade
 
-run: db-upgrade
-	$(BIN)/redflag-server serve
+# The demo supervisor upgrades the database itself, then starts the API, the console and
+# the demo fleet; Ctrl-C stops them all. Pass options with DEMO_ARGS="--hosts 500".
+run: install
+	$(BIN)/redflag-demo $(DEMO_ARGS)
+
+# The same, starting over: a new fleet, and the old demo agents removed from the database.
+demo-reset: install
+	$(BIN)/redflag-demo --reset $(DEMO_ARGS)
 
 test: install
 	$(BIN)/pytest

@@ -1,4 +1,4 @@
-"""`redflag-agent`: register, migrate and report, deliver reports, show status.
+"""`redflag-agent`: register, migrate and report, report updates, deliver reports, show status.
 
 Every expected failure (a user mistake, an unreachable server, a missing registration)
 is one line on stderr and a documented exit code, never a traceback.
@@ -38,7 +38,7 @@ from agent.delivery import (
     clamp_interval,
 )
 from agent.detection import DetectionOutcome, detect
-from agent.events import detection_event, execution_event
+from agent.events import detection_event, execution_event, update_event
 from agent.execution import ExecutionOutcome, execute
 from agent.identity import (
     Identity,
@@ -50,10 +50,17 @@ from agent.identity import (
 from agent.layout import Layout, RootError
 from agent.spool import Spool, SpoolKind, gather_spools, open_spool, read_only_spools
 from agent.sysinfo import collect_system_info, hostname, machine_id, os_description
+from models.vocabulary import EventType
 from models.wire import Event, RegistrationRequest
 
 PROG = "redflag-agent"
 log = logging.getLogger("agent")
+UPDATE_OUTCOMES = {
+    "discovered": EventType.UPDATE_DISCOVERED,
+    "installed": EventType.UPDATE_INSTALLED,
+    "failed": EventType.UPDATE_FAILED,
+    "ignored": EventType.UPDATE_IGNORED,
+}
 
 
 class ExitCode(IntEnum):
@@ -162,6 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="SECONDS",
         help="with --once: how long to keep retrying (default: 60)",
+    )
+
+    update = commands.add_parser(
+        "report-update",
+        parents=[common],
+        help="report a package update outcome (for package manager hooks)",
+    )
+    update.add_argument("outcome", choices=UPDATE_OUTCOMES, help="what happened to the update")
+    update.add_argument("--package", required=True, metavar="NAME", help="the package's name")
+    update.add_argument("--from-version", metavar="VERSION", help="the version installed before")
+    update.add_argument("--to-version", metavar="VERSION", help="the version offered or installed")
+    update.add_argument("--package-manager", metavar="NAME", help="e.g. apt, dnf, zypper")
+    update.add_argument(
+        "--error", metavar="MESSAGE", help="why the update failed (required with `failed`)"
+    )
+    update.add_argument(
+        "--max-wait",
+        type=_non_negative,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long to keep retrying delivery before leaving reports queued (default: 15)",
     )
 
     status = commands.add_parser("status", parents=[common], help="show identity and queue")
@@ -390,13 +418,40 @@ def _migrate(layout: Layout, reporter: _Reporter, max_wait: float, rt: Runtime) 
             rt.say(f"migration succeeded; backup in {execution.backup_path}")
     with contextlib.suppress(sqlite3.Error):
         reporter.spool.put("last_migration", _outcome_record(last))
-    _deliver_after_migration(layout, reporter, max_wait, rt)
+    _deliver_now(layout, reporter, max_wait, rt)
     return code
 
 
-def _deliver_after_migration(
-    layout: Layout, reporter: _Reporter, max_wait: float, rt: Runtime
-) -> None:
+def cmd_report_update(args: argparse.Namespace, rt: Runtime) -> ExitCode:
+    layout = _layout(args)
+    event_type = UPDATE_OUTCOMES[args.outcome]
+    error = (args.error or "").strip() or None
+    if event_type is EventType.UPDATE_FAILED and error is None:
+        raise CommandError("a failed update needs --error MESSAGE saying why", ExitCode.USAGE)
+    if event_type is not EventType.UPDATE_FAILED and error is not None:
+        raise CommandError("--error is only for a failed update", ExitCode.USAGE)
+    reporter = _Reporter(layout)
+    try:
+        event = update_event(
+            event_type,
+            package=args.package,
+            from_version=args.from_version,
+            to_version=args.to_version,
+            package_manager=args.package_manager,
+            error_message=error,
+            system_info=collect_system_info(layout),
+            extra=reporter.note(),
+            clock=rt.now,
+        )
+        reporter.add(event)
+        rt.say(f"recorded {event_type.value} for {args.package}")
+        _deliver_now(layout, reporter, args.max_wait, rt)
+    finally:
+        reporter.close()
+    return ExitCode.OK
+
+
+def _deliver_now(layout: Layout, reporter: _Reporter, max_wait: float, rt: Runtime) -> None:
     """Try to deliver at once; a failure here leaves the reports queued, never lost."""
     try:
         identity = load_identity(layout)
@@ -702,6 +757,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Runtime], ExitCode]] = {
     "register": cmd_register,
     "migrate": cmd_migrate,
     "run": cmd_run,
+    "report-update": cmd_report_update,
     "status": cmd_status,
 }
 

@@ -10,7 +10,7 @@ from typing import Any
 from agent.detection import Clock, Detection, DetectionOutcome, Failure, utc_now
 from agent.execution import Execution, ExecutionOutcome
 from agent.layout import Layout
-from models.vocabulary import EventType, kind_of
+from models.vocabulary import Category, EventType, kind_of
 from models.wire import MAX_DETAILS_BYTES, MAX_MIGRATION_LABEL_CHARS, Event
 
 _DETECTION_TYPES = {
@@ -88,6 +88,40 @@ def execution_event(
         error_message=execution.message,
         migration_from=execution.migration_from,
         migration_to=execution.migration_to,
+        system_info=system_info,
+        details=details,
+        clock=clock,
+    )
+
+
+def update_event(
+    event_type: EventType,
+    *,
+    package: str,
+    from_version: str | None = None,
+    to_version: str | None = None,
+    package_manager: str | None = None,
+    error_message: str | None = None,
+    system_info: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    clock: Clock = utc_now,
+) -> Event:
+    """A regular update event (discovered, installed, failed, ignored) for one package."""
+    if kind_of(event_type).category is not Category.UPDATE:
+        raise ValueError(f"{event_type.value} is not an update event")
+    details: dict[str, Any] = {"package": package}
+    optional = {
+        "from_version": from_version,
+        "to_version": to_version,
+        "package_manager": package_manager,
+    }
+    details.update({key: value for key, value in optional.items() if value})
+    details.update(extra or {})
+    return new_event(
+        event_type,
+        error_message=error_message,
+        migration_from=None,
+        migration_to=None,
         system_info=system_info,
         details=details,
         clock=clock,

@@ -1,107 +1,46 @@
-"""Sandboxed hosts for agent tests: legacy and current layouts under a root, and snapshots."""
+"""Agent test helpers: snapshots, a fake clock and subprocess runs; layouts come from demo."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from agent.events import new_event
+from demo.layouts import (
+    LEGACY_AGENT_ID,
+    MACHINE_ID,
+    NOBODY,
+    Host,
+    current_config,
+    legacy_config,
+)
 from models.vocabulary import EventType
 from models.wire import Event
 
+__all__ = [
+    "LEGACY_AGENT_ID",
+    "MACHINE_ID",
+    "NOBODY",
+    "REPO",
+    "FakeClock",
+    "Host",
+    "agent_command",
+    "current_config",
+    "legacy_config",
+    "run_agent",
+    "sample_event",
+    "snapshot",
+]
+
 REPO = Path(__file__).resolve().parents[2]
-NOBODY = 65534
-MACHINE_ID = "0123456789abcdef0123456789abcdef"
-LEGACY_AGENT_ID = "7b0c1e52-3f2a-4d8e-9a51-0c7c3c9e8f11"
 # Everything the agent keeps for its own reporting, which a migration must never touch.
 REPORTING_PATHS = ("var/lib/redflag/agent/reporting", "var/tmp", "tmp")
-
-
-def legacy_config(**overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "server_url": "https://redflag.example.org",
-        "agent_id": LEGACY_AGENT_ID,
-        "token": "access-token-1",
-        "refresh_token": "refresh-token-1",
-        "check_in_interval": 300,
-        "proxy": {"http": "http://proxy.example.org:3128"},
-        "tls": {"insecure_skip_verify": False, "ca_file": "/etc/aggregator/ca.pem"},
-    }
-    config.update(overrides)
-    return config
-
-
-@dataclass
-class Host:
-    """A sandboxed host root with helpers to lay out files as a real agent would."""
-
-    root: Path
-
-    def path(self, logical: str) -> Path:
-        return self.root / logical.lstrip("/")
-
-    def write(self, logical: str, data: bytes | str, mode: int = 0o644) -> Path:
-        path = self.path(logical)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.chmod(path, mode)
-        return path
-
-    def write_json(self, logical: str, value: Any, mode: int = 0o600) -> Path:
-        return self.write(logical, json.dumps(value, indent=2), mode)
-
-    def read_json(self, logical: str) -> Any:
-        return json.loads(self.path(logical).read_bytes())
-
-    def exists(self, logical: str) -> bool:
-        return os.path.lexists(self.path(logical))
-
-    def with_machine_id(self) -> Host:
-        self.write("/etc/machine-id", MACHINE_ID + "\n")
-        self.write("/etc/hostname", "web-01\n")
-        return self
-
-    def with_legacy_layout(self, config: dict[str, Any] | None = None) -> Host:
-        """An agent 0.1.18 install: config, a CA file and some state."""
-        self.write_json("/etc/aggregator/config.json", config or legacy_config(), mode=0o600)
-        self.write("/etc/aggregator/ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n", 0o644)
-        self.write_json("/var/lib/aggregator/last_scan.json", {"updates": 3}, mode=0o644)
-        self.write("/var/lib/aggregator/history/2024-01.log", "scan ok\n" * 50, 0o640)
-        return self
-
-    def with_current_layout(self, config: dict[str, Any]) -> Host:
-        self.write_json("/etc/redflag/agent/config.json", config, mode=0o600)
-        self.path("/var/lib/redflag/agent/state").mkdir(parents=True, exist_ok=True)
-        self.path("/var/lib/redflag/agent/cache").mkdir(parents=True, exist_ok=True)
-        return self
-
-    def chown_all(self, uid: int) -> None:
-        for directory, dirs, files in os.walk(self.root):
-            for name in [*dirs, *files]:
-                os.lchown(os.path.join(directory, name), uid, uid)
-        os.chown(self.root, uid, uid)
-
-
-def current_config(**overrides: Any) -> dict[str, Any]:
-    """A config a fully migrated agent would have."""
-    config: dict[str, Any] = {
-        **legacy_config(),
-        "version": 5,
-        "agent_version": "0.2.0",
-        "machine_id": MACHINE_ID,
-        "subsystems": {"apt": {"enabled": True}},
-        "tls": {"insecure_skip_verify": False, "ca_file": "/etc/redflag/agent/ca.pem"},
-    }
-    config.update(overrides)
-    return config
 
 
 def snapshot(root: Path, *, exclude: tuple[str, ...] = REPORTING_PATHS) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
@@ -131,6 +132,34 @@ def test_host_that_needs_nothing_reports_not_needed(
     assert code == ExitCode.OK
     assert "no migration needed" in out
     assert [e["event_type"] for e in stored_events(engine)] == ["migration_detection_not_needed"]
+
+
+def test_update_events_sit_beside_migration_events_without_changing_the_state(
+    host: Host, api: TestClient, engine: Engine, enrollment_token: Callable[[], str]
+) -> None:
+    host.with_current_layout(current_config())
+    register(host, "http://testserver", enrollment_token(), api)
+    cli(host, "migrate", http=api)
+
+    code, _, err = cli(
+        host, "report-update", "failed", "--package", "nginx", "--from-version", "1.22.1",
+        "--to-version", "1.22.1-9+deb12u1", "--error", "post-installation script failed",
+        http=api,
+    )  # fmt: skip
+
+    assert code == ExitCode.OK, err
+    stored = by_type(stored_events(engine))
+    assert set(stored) == {"migration_detection_not_needed", "update_failed"}
+    assert stored["update_failed"]["status"] == "failed"
+    assert stored["update_failed"]["error_message"] == "post-installation script failed"
+    with engine.connect() as connection:
+        state, category = connection.execute(
+            sa.text(
+                "SELECT a.migration_state, e.category FROM agent a JOIN update_events e "
+                "ON e.agent_id = a.id WHERE e.event_type = 'update_failed'"
+            )
+        ).one()
+    assert (state, category) == ("not_needed", "update")
 
 
 def test_disk_full_is_reported_with_errno_and_step_and_rolled_back(

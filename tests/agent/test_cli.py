@@ -331,6 +331,87 @@ def test_migrate_without_registration_keeps_reports_queued(host: Host) -> None:
     assert "not registered: 2 reports stay queued" in console.err.getvalue()
 
 
+def test_report_update_spools_and_delivers_an_update_event(host: Host) -> None:
+    registered(host)
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.extend(json.loads(request.content)["events"])
+        return accept_all(request)
+
+    console = Console()
+    code = main(
+        [
+            "--root", str(host.root), "report-update", "installed", "--package", "openssl",
+            "--from-version", "3.0.11-1~deb12u2", "--to-version", "3.0.15-1~deb12u1",
+            "--package-manager", "apt",
+        ],
+        runtime(console, handler),
+    )  # fmt: skip
+
+    assert code == ExitCode.OK, console.err.getvalue()
+    assert "recorded update_installed for openssl" in console.out.getvalue()
+    assert "delivered 1 reports (accepted 1" in console.out.getvalue()
+    [event] = sent
+    assert (event["event_type"], event["status"], event["error_message"]) == (
+        "update_installed",
+        "success",
+        None,
+    )
+    assert event["details"] == {
+        "package": "openssl",
+        "from_version": "3.0.11-1~deb12u2",
+        "to_version": "3.0.15-1~deb12u1",
+        "package_manager": "apt",
+    }
+    assert event["migration_from"] is None
+    assert event["system_info"]["agent_version"] == "0.2.0"
+
+
+def test_failed_update_carries_its_error_and_stays_queued_when_the_server_is_down(
+    host: Host,
+) -> None:
+    registered(host)
+    console = Console()
+    refuse = lambda r: httpx.Response(503, json={"detail": "down"}, headers={"Retry-After": "999"})  # noqa: E731
+
+    code = main(
+        [
+            "--root", str(host.root), "report-update", "failed", "--package", "nginx",
+            "--error", "dpkg: error processing package nginx (--configure)",
+        ],
+        runtime(console, refuse),
+    )  # fmt: skip
+
+    assert code == ExitCode.OK
+    assert "reports stay queued" in console.err.getvalue()
+    status = json.loads(_status_json(host))
+    assert status["queued"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["failed", "--package", "curl"], "a failed update needs --error MESSAGE"),
+        (["installed", "--package", "curl", "--error", "x"], "--error is only for a failed"),
+    ],
+)
+def test_report_update_usage_errors_exit_2(host: Host, argv: list[str], complaint: str) -> None:
+    console = Console()
+
+    code = main(["--root", str(host.root), "report-update", *argv], runtime(console))
+
+    assert code == ExitCode.USAGE
+    assert complaint in console.err.getvalue()
+    assert not Layout.at(host.root).reporting_dir.exists()
+
+
+def _status_json(host: Host) -> str:
+    console = Console()
+    assert main(["--root", str(host.root), "status", "--json"], runtime(console)) == ExitCode.OK
+    return console.out.getvalue()
+
+
 def test_status_shows_identity_queue_and_last_outcomes_but_never_the_token(host: Host) -> None:
     registered(host).write("/etc/aggregator/config.json", "[]", 0o600)
     main(["--root", str(host.root), "migrate", "--max-wait", "0"], runtime(Console()))
