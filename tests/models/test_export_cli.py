@@ -28,20 +28,6 @@ def _no_cached_engines() -> Iterator[None]:
     analytics.dispose_cached_engines()
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`redflag-server` with the export command wired in as the lead will wire it."""
-    build = cli.build_parser
-
-    def with_export() -> argparse.ArgumentParser:
-        parser = build()
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        add_export_parser(commands, cli._Parser)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_export)
-
-
 @pytest.fixture(scope="module")
 def fleet_url(module_engine: Engine) -> str:
     """The fixture fleet, seeded once per backend: the tests that use it only read."""
@@ -50,7 +36,7 @@ def fleet_url(module_engine: Engine) -> str:
 
 
 def test_export_of_failed_detections_of_the_last_day(
-    server: None, fleet_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fleet_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "failed-detections.parquet"
 
@@ -148,7 +134,6 @@ def test_every_filter_option_reaches_the_filters() -> None:
     ],
 )
 def test_a_user_mistake_is_one_line_and_a_non_zero_exit(
-    server: None,
     fleet_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
