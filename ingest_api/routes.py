@@ -12,13 +12,14 @@ from uuid import UUID
 import pydantic_core
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ingest_api.runtime import Runtime
-from ingest_api.service import Forbidden, Unauthorized, authenticate_agent, register_agent
-from models.store import ConcurrentInsert, store_events
+from ingest_api.service import Unauthorized, agent_for_token, hash_token, register_agent
+from models.store import ConcurrentInsert, InactiveAgent, store_events
 from models.wire import (
     CheckinRequest,
     CheckinResponse,
@@ -108,17 +109,31 @@ def _unauthorized(message: str) -> HTTPException:
     )
 
 
-def authenticated_agent(agent_id: UUID, credentials: BearerDep, runtime: RuntimeDep) -> UUID:
-    """The agent id from the path, once the bearer token is proven to be that agent's."""
-    token = credentials.credentials if credentials else None
-    try:
-        with runtime.engine.connect() as connection:
-            authenticate_agent(connection, token=token, agent_id=agent_id)
-    except Unauthorized as exc:
-        raise _unauthorized(str(exc)) from None
-    except Forbidden as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
+async def authenticated_agent(agent_id: UUID, credentials: BearerDep, runtime: RuntimeDep) -> UUID:
+    """The agent id from the path, once the bearer token is proven to be that agent's.
+
+    A token proven in the last few seconds (`auth_cache_seconds`) is taken from the
+    runtime's cache, on the event loop, without a thread hop or a query; revocation is
+    checked again inside the check-in's write transaction anyway.
+    """
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized("missing bearer token")
+    token_hash = hash_token(credentials.credentials)
+    owner = runtime.agent_tokens.get(token_hash)
+    if owner is None:
+        try:
+            owner = await run_in_threadpool(_token_owner, runtime, token_hash)
+        except Unauthorized as exc:
+            raise _unauthorized(str(exc)) from None
+        runtime.agent_tokens.put(token_hash, owner)
+    if owner != agent_id:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this token belongs to another agent")
     return agent_id
+
+
+def _token_owner(runtime: Runtime, token_hash: str) -> UUID:
+    with runtime.engine.connect() as connection:
+        return agent_for_token(connection, token_hash=token_hash)
 
 
 AgentDep = Annotated[UUID, Depends(authenticated_agent)]
@@ -193,7 +208,10 @@ def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> Ch
                 received_at=received_at,
                 agent_version=body.agent_version,
                 system_info=body.system_info,
+                refuse_revoked=True,
             )
+    except InactiveAgent:
+        raise _unauthorized("agent token is unknown or revoked") from None
     except ConcurrentInsert:
         # Rolled back; the retry finds the other writer's rows and counts them duplicates.
         raise HTTPException(

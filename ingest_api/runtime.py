@@ -1,11 +1,15 @@
-"""What one API process holds while it runs: settings, engine, rate limiter, write lock."""
+"""What one API process holds while it runs: settings, engine, rate limiter, write lock,
+and the agent tokens it has recently proven."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -15,11 +19,47 @@ from models.database import write_transaction
 from models.settings import Settings
 
 
+class TokenCache:
+    """The agent ids of recently proven tokens, by token hash, each for `ttl` seconds.
+
+    It spares a check-in the thread hop and the query of looking its token up. A token's
+    owner never changes, so the one thing that can go stale is revocation, and that is
+    checked again, exactly, inside every check-in's write transaction. Bounded in size:
+    the oldest entries go first. Used from the event loop's thread only.
+    """
+
+    def __init__(
+        self, *, ttl: float, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[str, tuple[UUID, float]] = OrderedDict()
+
+    def get(self, token_hash: str) -> UUID | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        if entry[1] <= self.clock():
+            del self._entries[token_hash]
+            return None
+        return entry[0]
+
+    def put(self, token_hash: str, agent_id: UUID) -> None:
+        if self.ttl <= 0:
+            return
+        self._entries.pop(token_hash, None)
+        self._entries[token_hash] = (agent_id, self.clock() + self.ttl)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
 @dataclass
 class Runtime:
     settings: Settings
     engine: Engine
     rate_limiter: RateLimiter
+    agent_tokens: TokenCache
     # SQLite allows one writer at a time; queueing writers here, in the process, is cheaper
     # than having them spin on the database's busy timeout.
     _write_lock: threading.Lock | None = field(default=None)
@@ -32,6 +72,7 @@ class Runtime:
             rate_limiter=RateLimiter(
                 per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
             ),
+            agent_tokens=TokenCache(ttl=settings.auth_cache_seconds),
             _write_lock=threading.Lock() if engine.dialect.name == "sqlite" else None,
         )
 

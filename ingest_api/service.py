@@ -135,15 +135,20 @@ _AGENT_BY_TOKEN = sa.select(AGENTS.c.id, AGENTS.c.token_hash, AGENTS.c.revoked).
 )
 
 
+def agent_for_token(connection: Connection, *, token_hash: str) -> UUID:
+    """The live agent whose token has this hash; Unauthorized if unknown or revoked."""
+    row = connection.execute(_AGENT_BY_TOKEN, {"token_hash": token_hash}).one_or_none()
+    if row is None or not hmac.compare_digest(row.token_hash, token_hash) or row.revoked:
+        raise Unauthorized("agent token is unknown or revoked")
+    agent_id: UUID = row.id
+    return agent_id
+
+
 def authenticate_agent(connection: Connection, *, token: str | None, agent_id: UUID) -> None:
     """Check that the token is a live agent token for exactly this agent."""
     if not token:
         raise Unauthorized("missing bearer token")
-    wanted = hash_token(token)
-    row = connection.execute(_AGENT_BY_TOKEN, {"token_hash": wanted}).one_or_none()
-    if row is None or not hmac.compare_digest(row.token_hash, wanted) or row.revoked:
-        raise Unauthorized("agent token is unknown or revoked")
-    if row.id != agent_id:
+    if agent_for_token(connection, token_hash=hash_token(token)) != agent_id:
         raise Forbidden("this token belongs to another agent")
 
 

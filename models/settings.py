@@ -22,5 +22,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: float = Field(default=60.0, gt=0)
     rate_limit_burst: int = Field(default=20, ge=1)
     retry_after_seconds: int = Field(default=5, ge=1)
+    # How long an API process trusts a proven agent token without asking the database
+    # again (0: always ask). Revocation still stops a check-in's write at once; only the
+    # early 401 may come up to this late (docs/PERFORMANCE.md).
+    auth_cache_seconds: float = Field(default=10.0, ge=0, le=300)
     enrollment_default_uses: int = Field(default=1, ge=1)
     enrollment_default_ttl_seconds: int = Field(default=24 * 3600, ge=60)

@@ -76,6 +76,10 @@ class ConcurrentInsert(Exception):
     """
 
 
+class InactiveAgent(Exception):
+    """The agent is unknown, or revoked while its caller asked to refuse revoked agents."""
+
+
 # Statements are built once: building one costs more than running it on a warm
 # connection, and only their parameters change from one check-in to the next.
 _AGENT_FOR_SUMMARY = sa.select(
@@ -83,6 +87,7 @@ _AGENT_FOR_SUMMARY = sa.select(
     AGENTS.c.migration_state,
     AGENTS.c.migration_state_at,
     AGENTS.c.ever_migrated,
+    AGENTS.c.revoked,
 ).where(AGENTS.c.id == sa.bindparam("agent_id"))
 # FOR UPDATE serialises concurrent check-ins of one agent on PostgreSQL, so the summary
 # is never computed from a stale row and the duplicate check below is exact; SQLite
@@ -132,13 +137,19 @@ def store_events(
     received_at: datetime,
     agent_version: str | None = None,
     system_info: dict[str, Any] | None = None,
+    refuse_revoked: bool = False,
 ) -> StoreResult:
     """Store a check-in's valid events and update the agent, inside the caller's transaction.
 
     Re-sent events (same agent and event id) are counted as duplicates and the first copy
-    is kept, so `accepted + duplicates == len(events)` always holds.
+    is kept, so `accepted + duplicates == len(events)` always holds. Raises InactiveAgent,
+    storing nothing, for an unknown agent, and for a revoked one if `refuse_revoked`: the
+    ingest API decides there, in the same transaction as the write, so a revocation that
+    committed before it can never be overtaken.
     """
     agent = _lock_agent(connection, agent_id)
+    if agent is None or (refuse_revoked and agent["revoked"]):
+        raise InactiveAgent(f"agent {agent_id} is unknown or revoked")
     unique: dict[UUID, Event] = {}
     for event in events:
         unique.setdefault(event.event_id, event)
@@ -166,9 +177,9 @@ def store_events(
     return StoreResult(accepted=len(rows), duplicates=len(events) - len(rows))
 
 
-def _lock_agent(connection: Connection, agent_id: UUID) -> sa.RowMapping:
+def _lock_agent(connection: Connection, agent_id: UUID) -> sa.RowMapping | None:
     query = _LOCK_AGENT[connection.dialect.name]
-    return connection.execute(query, {"agent_id": agent_id}).mappings().one()
+    return connection.execute(query, {"agent_id": agent_id}).mappings().one_or_none()
 
 
 def migration_summary(agent: sa.RowMapping, new_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
