@@ -49,6 +49,11 @@ _ERRORS = (
 )
 _PACKAGES = ("openssl", "curl", "linux-image-amd64", "systemd", "python3.11", "nginx", "sudo")
 _MIGRATION_STEPS = ("backup", "copy_config", "convert_config", "copy_state", "validate")
+# An agent checks in every minute or so with what happened since its last check-in, in
+# the order it happened; batch b of every agent covers the same window, and the windows of
+# a day's worth of batches end at `base_time` (further batch numbers wrap around).
+WINDOW_SECONDS = 60
+WINDOWS_PER_DAY = 24 * 3600 // WINDOW_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +66,24 @@ class Workload:
     def events(self, *, agent: int, batch: int, size: int, hostname: str) -> list[dict[str, Any]]:
         rng = random.Random(f"{self.seed}:{agent}:{batch}")
         types = rng.choices(_TYPES, weights=_WEIGHTS, k=size)
-        return [self._event(rng, event_type, hostname) for event_type in types]
+        window_start = self.base_time - timedelta(
+            seconds=WINDOW_SECONDS * (WINDOWS_PER_DAY - batch % WINDOWS_PER_DAY)
+        )
+        offsets = sorted(rng.uniform(0, WINDOW_SECONDS) for _ in types)
+        return [
+            self._event(rng, event_type, hostname, window_start + timedelta(seconds=offset))
+            for event_type, offset in zip(types, offsets, strict=True)
+        ]
 
     def body(self, *, agent: int, batch: int, size: int, hostname: str) -> bytes:
         """A check-in body, serialised once, as an agent would send it."""
         events = self.events(agent=agent, batch=batch, size=size, hostname=hostname)
         return checkin_body(events)
 
-    def _event(self, rng: random.Random, event_type: EventType, hostname: str) -> dict[str, Any]:
+    def _event(
+        self, rng: random.Random, event_type: EventType, hostname: str, when: datetime
+    ) -> dict[str, Any]:
         status = kind_of(event_type).status.value
-        when = self.base_time - timedelta(seconds=rng.randrange(1, 86_000))
         n = rng.randrange(1, 100_000)
         failed = status == "failed"
         migration = event_type.value.startswith("migration")

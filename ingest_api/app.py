@@ -87,10 +87,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = engine is None
         active = engine if engine is not None else create_db_engine(settings=settings)
-        app.state.runtime = Runtime.build(settings, active)
+        runtime = app.state.runtime = Runtime.build(settings, active)
+        runtime.checkin_writer.start()
         try:
             yield
         finally:
+            runtime.checkin_writer.stop()
             if owned:
                 active.dispose()
 

@@ -99,10 +99,10 @@ def _require_current_schema(engine: Engine) -> None:
         )
 
 
-# A request thread that lets go of the GIL for SQLite (once per row of an executemany)
-# waits up to the interpreter's switch interval to get it back while other threads
-# validate; at the default 5 ms a 100-row insert turns into a convoy. 1 ms roughly halved
-# check-in latency and raised throughput in bench/ingest.py (docs/PERFORMANCE.md).
+# The check-in writer lets go of the GIL for every SQLite statement and then waits up to
+# the interpreter's switch interval to get it back while the event loop validates the
+# next check-ins; at the default 5 ms that wait dominates a small check-in. 1 ms roughly
+# halved check-in latency in bench/ingest.py; 0.1 ms cost more in switching than it saved.
 SERVER_SWITCH_INTERVAL_SECONDS = 0.001
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ingest_api.runtime import Runtime
 from ingest_api.service import Unauthorized, agent_for_token, hash_token, register_agent
-from models.store import ConcurrentInsert, InactiveAgent, store_events
+from models.store import Checkin, ConcurrentInsert, InactiveAgent
 from models.wire import (
     CheckinRequest,
     CheckinResponse,
@@ -188,7 +188,7 @@ def register(
         503: UNAVAILABLE,
     },
 )
-def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> CheckinResponse:
+async def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> CheckinResponse:
     """Store a batch of events; bad events are listed in `rejected`, good ones are kept."""
     wait = runtime.rate_limiter.acquire(agent_id)
     if wait > 0:
@@ -199,17 +199,9 @@ def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> Ch
         )
     valid, rejected = validate_events(body.events)
     received_at = datetime.now(UTC)
+    checkin = Checkin(agent_id, valid, received_at, body.agent_version, body.system_info)
     try:
-        with runtime.write() as connection:
-            result = store_events(
-                connection,
-                agent_id=agent_id,
-                events=valid,
-                received_at=received_at,
-                agent_version=body.agent_version,
-                system_info=body.system_info,
-                refuse_revoked=True,
-            )
+        result = await runtime.checkin_writer.store(checkin)
     except InactiveAgent:
         raise _unauthorized("agent token is unknown or revoked") from None
     except ConcurrentInsert:

@@ -1,5 +1,5 @@
 """What one API process holds while it runs: settings, engine, rate limiter, write lock,
-and the agent tokens it has recently proven."""
+check-in writer, and the agent tokens it has recently proven."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ingest_api.limits import RateLimiter
+from ingest_api.writer import CheckinWriter
 from models.database import write_transaction
 from models.settings import Settings
 
@@ -63,6 +64,10 @@ class Runtime:
     # SQLite allows one writer at a time; queueing writers here, in the process, is cheaper
     # than having them spin on the database's busy timeout.
     _write_lock: threading.Lock | None = field(default=None)
+    checkin_writer: CheckinWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.checkin_writer = CheckinWriter(self.write)
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine) -> Runtime:

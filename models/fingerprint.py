@@ -10,54 +10,53 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import NamedTuple
+
+
+class _Mask(NamedTuple):
+    """A pattern, what replaces it, and literal text it cannot match without: a mask whose
+    text is absent is skipped, which saves most of the regex work on a typical message."""
+
+    pattern: re.Pattern[str]
+    placeholder: str
+    required: tuple[str, ...]
+
+
+def _mask(pattern: str, placeholder: str, *required: str, flags: int = 0) -> _Mask:
+    return _Mask(re.compile(pattern, flags), placeholder, required)
+
 
 # Order matters: the wide patterns (URLs, UUIDs, paths) go first so that the narrow ones
 # (hex, numbers) do not cut them into pieces.
-_MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE), "<url>"),
-    (
-        re.compile(
-            r"\b[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\b",
-            re.IGNORECASE,
-        ),
+_MASKS: tuple[_Mask, ...] = (
+    _mask(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", "<url>", "://", flags=re.IGNORECASE),
+    _mask(
+        r"\b[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\b",
         "<uuid>",
+        flags=re.IGNORECASE,
     ),
-    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<ip>"),
-    (
-        re.compile(r"(?<![\w:])[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?![\w:])", re.IGNORECASE),
+    _mask(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b", "<ip>", "."),
+    _mask(
+        r"(?<![\w:])[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?![\w:])",
         "<ip>",
+        ":",
+        flags=re.IGNORECASE,
     ),
-    (re.compile(r"\[[0-9a-f:]*:[0-9a-f:]*\](?::\d+)?", re.IGNORECASE), "<ip>"),
+    _mask(r"\[[0-9a-f:]*:[0-9a-f:]*\](?::\d+)?", "<ip>", "[", ":", flags=re.IGNORECASE),
     # Absolute POSIX paths and Windows drive paths; a path ends at whitespace, a quote or
     # a closing bracket, and trailing punctuation is not part of it.
-    (re.compile(r"(?:(?<=\s)|(?<=^)|(?<=[\"'(\[=:]))(?:/[^\s'\"()\[\]<>,;]+)+(?<![.:])"), "<path>"),
-    (re.compile(r"\b[a-z]:\\[^\s'\"]+", re.IGNORECASE), "<path>"),
+    _mask(r"(?:(?<=\s)|(?<=^)|(?<=[\"'(\[=:]))(?:/[^\s'\"()\[\]<>,;]+)+(?<![.:])", "<path>", "/"),
+    _mask(r"\b[a-z]:\\[^\s'\"]+", "<path>", ":\\", flags=re.IGNORECASE),
     # Fully qualified host names: two or more dot-separated labels ending in a letter TLD.
-    (
-        re.compile(
-            r"\b(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\b(?!\()",
-            re.IGNORECASE,
-        ),
+    _mask(
+        r"\b(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\b(?!\()",
         "<host>",
+        ".",
+        flags=re.IGNORECASE,
     ),
-    (re.compile(r"\b0x[0-9a-f]+\b", re.IGNORECASE), "<hex>"),
-    (re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,}\b", re.IGNORECASE), "<hex>"),
-    (re.compile(r"\d+(?:\.\d+)*"), "<n>"),
-)
-# Literal text each mask cannot match without, in the same order: a mask whose text is
-# absent is skipped, which saves most of the regex work on a typical message.
-_REQUIRED: tuple[tuple[str, ...], ...] = (
-    ("://",),
-    (),
-    (".",),
-    (":",),
-    ("[", ":"),
-    ("/",),
-    (":\\",),
-    (".",),
-    ("0",),
-    (),
-    (),
+    _mask(r"\b0x[0-9a-f]+\b", "<hex>", "0", flags=re.IGNORECASE),
+    _mask(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,}\b", "<hex>", flags=re.IGNORECASE),
+    _mask(r"\d+(?:\.\d+)*", "<n>"),
 )
 _SPACES = re.compile(r"\s+")
 
@@ -75,11 +74,28 @@ def error_signature(message: str, *, hostname: str | None = None) -> str:
     """
     text = message[:SIGNATURE_INPUT_CHARS]
     if hostname and len(hostname) >= 3:
-        text = re.sub(re.escape(hostname), "<host>", text, flags=re.IGNORECASE)
-    for (pattern, placeholder), required in zip(_MASKS, _REQUIRED, strict=True):
-        if all(part in text for part in required):
-            text = pattern.sub(placeholder, text)
+        text = _mask_hostname(text, hostname)
+    for mask in _MASKS:
+        if all(part in text for part in mask.required):
+            text = mask.pattern.sub(mask.placeholder, text)
     return _SPACES.sub(" ", text).strip()
+
+
+def _mask_hostname(text: str, hostname: str) -> str:
+    """Every occurrence of hostname in text, in any case, replaced by "<host>".
+
+    ASCII text and names, nearly all of them, are searched in lower case: a pattern per
+    host would be compiled again and again once a fleet has more hosts than `re` caches.
+    """
+    if not (text.isascii() and hostname.isascii()):
+        return re.sub(re.escape(hostname), "<host>", text, flags=re.IGNORECASE)
+    lowered, needle = text.lower(), hostname.lower()
+    parts: list[str] = []
+    start = 0
+    while (found := lowered.find(needle, start)) != -1:
+        parts += (text[start:found], "<host>")
+        start = found + len(needle)
+    return "".join([*parts, text[start:]]) if parts else text
 
 
 def fingerprint(event_type: str, message: str, *, hostname: str | None = None) -> str:

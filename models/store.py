@@ -6,15 +6,17 @@ rules for what gets stored live in one place.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from models.fingerprint import fingerprint
 from models.tables import AGENT_TABLE as AGENTS
@@ -80,52 +82,149 @@ class InactiveAgent(Exception):
     """The agent is unknown, or revoked while its caller asked to refuse revoked agents."""
 
 
+@dataclass(frozen=True, slots=True)
+class Checkin:
+    """One agent's check-in: its validated events and what it says about itself."""
+
+    agent_id: UUID
+    events: Sequence[Event]
+    received_at: datetime
+    agent_version: str | None = None
+    system_info: dict[str, Any] | None = None
+
+
 # Statements are built once: building one costs more than running it on a warm
 # connection, and only their parameters change from one check-in to the next.
-_AGENT_FOR_SUMMARY = sa.select(
-    AGENTS.c.hostname,
-    AGENTS.c.migration_state,
-    AGENTS.c.migration_state_at,
-    AGENTS.c.ever_migrated,
-    AGENTS.c.revoked,
-).where(AGENTS.c.id == sa.bindparam("agent_id"))
-# FOR UPDATE serialises concurrent check-ins of one agent on PostgreSQL, so the summary
-# is never computed from a stale row and the duplicate check below is exact; SQLite
-# writers are serialised anyway.
-_LOCK_AGENT = {
-    "postgresql": _AGENT_FOR_SUMMARY.with_for_update(),
-    "sqlite": _AGENT_FOR_SUMMARY,
-}
-_ALREADY_STORED = sa.select(EVENTS.c.event_id).where(
-    EVENTS.c.agent_id == sa.bindparam("agent_id"),
-    EVENTS.c.event_id.in_(sa.bindparam("event_ids", expanding=True)),
+_AGENTS_FOR_SUMMARY = (
+    sa.select(
+        AGENTS.c.id,
+        AGENTS.c.hostname,
+        AGENTS.c.migration_state,
+        AGENTS.c.migration_state_at,
+        AGENTS.c.ever_migrated,
+        AGENTS.c.revoked,
+    )
+    .where(AGENTS.c.id.in_(sa.bindparam("agent_ids", expanding=True)))
+    .order_by(AGENTS.c.id)
 )
-# The conflict target is named so that any other constraint violation still raises.
-_INSERT_NEW = {
-    "postgresql": postgresql.insert(EVENTS).on_conflict_do_nothing(
-        index_elements=["agent_id", "event_id"]
-    ),
-    "sqlite": sqlite.insert(EVENTS).on_conflict_do_nothing(index_elements=["agent_id", "event_id"]),
+# FOR UPDATE serialises concurrent check-ins of one agent on PostgreSQL (several API
+# processes may write at once; locking in id order keeps them from deadlocking), so the
+# summary is never computed from a stale row and the duplicate check below is exact;
+# SQLite writers are serialised anyway.
+_LOCK_AGENTS = {
+    "postgresql": _AGENTS_FOR_SUMMARY.with_for_update(),
+    "sqlite": _AGENTS_FOR_SUMMARY,
 }
 # The SET clause comes from the parameters given, so one statement serves every update.
 _UPDATE_AGENT = sa.update(AGENTS).where(AGENTS.c.id == sa.bindparam("target_agent_id"))
+# Keys per lookup stay under SQLite's and PostgreSQL's limits on parameters.
+_KEYS_PER_LOOKUP = 5000
 
 
-def _already_stored(connection: Connection, agent_id: UUID, event_ids: Iterable[UUID]) -> set[UUID]:
-    """Which of these event ids the agent has stored before (one unique-index lookup each)."""
-    parameters = {"agent_id": agent_id, "event_ids": list(event_ids)}
-    return set(connection.scalars(_ALREADY_STORED, parameters))
+def _already_stored(
+    connection: Connection, keys: Sequence[tuple[UUID, UUID]]
+) -> set[tuple[UUID, UUID]]:
+    """Which of these (agent id, event id) pairs are stored: one unique-index probe each.
+
+    Written as a join with a VALUES list because SQLite answers `(a, b) IN (VALUES ..)`
+    by scanning the whole index.
+    """
+    dialect = connection.dialect
+    uuid_type = EVENTS.c.event_id.type.dialect_impl(dialect)
+    encode: Callable[[Any], Any] = uuid_type.bind_processor(dialect) or _same
+    decode: Callable[[Any], Any] = uuid_type.result_processor(dialect, None) or _same
+    placeholder = _placeholder(dialect)
+    stored: set[tuple[UUID, UUID]] = set()
+    for start in range(0, len(keys), _KEYS_PER_LOOKUP):
+        chunk = keys[start : start + _KEYS_PER_LOOKUP]
+        pairs = ", ".join([f"({placeholder}, {placeholder})"] * len(chunk))
+        sql = (
+            f"WITH k (agent_id, event_id) AS (VALUES {pairs}) "
+            f"SELECT e.agent_id, e.event_id FROM k JOIN {EVENTS.name} e "
+            "ON e.agent_id = k.agent_id AND e.event_id = k.event_id"
+        )
+        parameters = tuple(map(encode, chain.from_iterable(chunk)))
+        for agent_id, event_id in connection.exec_driver_sql(sql, parameters):
+            stored.add((decode(agent_id), decode(event_id)))
+    return stored
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _placeholder(dialect: Dialect) -> str:
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
+@dataclass(frozen=True, slots=True)
+class _MultiRowInsert:
+    """One `INSERT .. VALUES (..), (..), .. ON CONFLICT (agent_id, event_id) DO NOTHING`
+    per check-in, its parameters encoded by each column's own SQLAlchemy bind processor
+    (so the stored values are those of a Core insert: hex UUIDs on SQLite, enum values,
+    UTC timestamps, the engine's JSON serializer).
+
+    Executing the Core statement with a list of dicts costs about 40 us per row in
+    SQLAlchemy's parameter handling, more than SQLite spends storing the row; and an
+    executemany lets go of the GIL once per row, so under load a request thread queues
+    for it a hundred times per check-in. One statement lets go of it once.
+    """
+
+    head: str
+    row_placeholders: str
+    tail: str
+    keys: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def for_dialect(cls, dialect: Dialect) -> _MultiRowInsert:
+        keys = tuple(column.name for column in EVENTS.c if column.name != "id")
+        quote = dialect.identifier_preparer.quote
+        placeholder = _placeholder(dialect)
+        return cls(
+            head=f"INSERT INTO {quote(EVENTS.name)} ({', '.join(map(quote, keys))}) VALUES ",
+            row_placeholders=f"({', '.join([placeholder] * len(keys))})",
+            # The conflict target is named so that any other constraint violation raises.
+            tail=" ON CONFLICT (agent_id, event_id) DO NOTHING",
+            keys=keys,
+            processors=tuple(
+                EVENTS.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in keys
+            ),
+        )
+
+    def statement(self, rows: Sequence[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
+        sql = self.head + ", ".join([self.row_placeholders] * len(rows)) + self.tail
+        # Column by column, so that the loops run in C and only the processors in Python.
+        columns = zip(*map(itemgetter(*self.keys), rows), strict=True)
+        encoded = [
+            values if process is None else map(process, values)
+            for values, process in zip(columns, self.processors, strict=True)
+        ]
+        return sql, tuple(chain.from_iterable(zip(*encoded, strict=True)))
+
+
+_MULTI_ROW_INSERTS: weakref.WeakKeyDictionary[Dialect, _MultiRowInsert] = (
+    weakref.WeakKeyDictionary()
+)
+# Parameters per statement stay under SQLite's and PostgreSQL's limits (32,766; 65,535).
+_ROWS_PER_STATEMENT = 1000
 
 
 def _insert_new(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert rows known to be new with one executemany, the fastest bulk path of both
-    drivers (SQLite's executemany, psycopg's pipeline).
+    """Insert rows known to be new, a check-in's worth in one statement.
 
-    ON CONFLICT DO NOTHING keeps even a lost race from storing an event twice; where the
-    driver reports how many rows went in, a shortfall is reported as `ConcurrentInsert`.
+    ON CONFLICT DO NOTHING keeps even a lost race from storing an event twice; a shortfall
+    in the rows the database reports inserted is raised as `ConcurrentInsert`.
     """
-    inserted = connection.execute(_INSERT_NEW[connection.dialect.name], rows).rowcount
-    if 0 <= inserted < len(rows):
+    dialect = connection.dialect
+    insert = _MULTI_ROW_INSERTS.get(dialect)
+    if insert is None:
+        insert = _MULTI_ROW_INSERTS[dialect] = _MultiRowInsert.for_dialect(dialect)
+    inserted = 0
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        sql, parameters = insert.statement(rows[start : start + _ROWS_PER_STATEMENT])
+        inserted += connection.exec_driver_sql(sql, parameters).rowcount
+    if inserted < len(rows):
         raise ConcurrentInsert(f"{len(rows) - inserted} of {len(rows)} events stored meanwhile")
 
 
@@ -139,50 +238,98 @@ def store_events(
     system_info: dict[str, Any] | None = None,
     refuse_revoked: bool = False,
 ) -> StoreResult:
-    """Store a check-in's valid events and update the agent, inside the caller's transaction.
+    """`store_checkins` for one check-in; raises its InactiveAgent."""
+    checkin = Checkin(agent_id, events, received_at, agent_version, system_info)
+    [outcome] = store_checkins(connection, [checkin], refuse_revoked=refuse_revoked)
+    if isinstance(outcome, InactiveAgent):
+        raise outcome
+    return outcome
 
-    Re-sent events (same agent and event id) are counted as duplicates and the first copy
-    is kept, so `accepted + duplicates == len(events)` always holds. Raises InactiveAgent,
-    storing nothing, for an unknown agent, and for a revoked one if `refuse_revoked`: the
-    ingest API decides there, in the same transaction as the write, so a revocation that
-    committed before it can never be overtaken.
+
+def store_checkins(
+    connection: Connection, checkins: Sequence[Checkin], *, refuse_revoked: bool = False
+) -> list[StoreResult | InactiveAgent]:
+    """Store check-ins' valid events and update their agents, inside the caller's
+    transaction, with a few statements for all of them: the ingest API writes every
+    check-in waiting at a moment in one transaction.
+
+    Re-sent events (same agent and event id, stored before or earlier in these check-ins)
+    are counted as duplicates and the first copy is kept, so `accepted + duplicates ==
+    len(events)` holds for each check-in. A check-in of an unknown agent, or of a revoked
+    one if `refuse_revoked`, stores nothing and gets InactiveAgent in place of its result:
+    the ingest API decides that in the same transaction as the write, so a revocation
+    that committed before it can never be overtaken. Raises ConcurrentInsert if a foreign
+    writer stored some of the events meanwhile (nothing is stored then).
     """
-    agent = _lock_agent(connection, agent_id)
-    if agent is None or (refuse_revoked and agent["revoked"]):
-        raise InactiveAgent(f"agent {agent_id} is unknown or revoked")
-    unique: dict[UUID, Event] = {}
-    for event in events:
-        unique.setdefault(event.event_id, event)
-    # Looking the ids up first (instead of INSERT .. RETURNING) halves the cost of storing
-    # an event and spares duplicates the work of building their rows. It is exact because
-    # check-ins of one agent are serialised: the agent's row is locked on PostgreSQL, and
-    # SQLite has one writer at a time.
-    stored = _already_stored(connection, agent_id, unique) if unique else set()
-    rows = [
-        event_row(e, agent_id=agent_id, hostname=agent["hostname"], received_at=received_at)
-        for event_id, e in unique.items()
-        if event_id not in stored
+    agents = _lock_agents(connection, {checkin.agent_id for checkin in checkins})
+    live = [
+        checkin
+        for checkin in checkins
+        if checkin.agent_id in agents
+        and not (refuse_revoked and agents[checkin.agent_id]["revoked"])
     ]
+    # Looking the ids up first (instead of INSERT .. RETURNING) spares duplicates the work
+    # of building their rows. It is exact because check-ins of one agent are serialised:
+    # the agent's row is locked on PostgreSQL, and SQLite has one writer at a time.
+    keys = [(checkin.agent_id, event.event_id) for checkin in live for event in checkin.events]
+    stored = _already_stored(connection, keys) if keys else set()
+    rows: list[dict[str, Any]] = []
+    changes_by_agent: dict[UUID, dict[str, Any]] = {}
+    outcomes: list[StoreResult | InactiveAgent] = []
+    for checkin in checkins:
+        agent = agents.get(checkin.agent_id)
+        if agent is None or (refuse_revoked and agent["revoked"]):
+            outcomes.append(InactiveAgent(f"agent {checkin.agent_id} is unknown or revoked"))
+            continue
+        new_rows = []
+        for event in checkin.events:
+            key = (checkin.agent_id, event.event_id)
+            if key not in stored:
+                stored.add(key)
+                new_rows.append(
+                    event_row(
+                        event,
+                        agent_id=checkin.agent_id,
+                        hostname=agent["hostname"],
+                        received_at=checkin.received_at,
+                    )
+                )
+        rows += new_rows
+        changes = _agent_changes(agent, checkin, new_rows)
+        agent.update(changes)  # what a later check-in of the same agent builds on
+        changes_by_agent.setdefault(checkin.agent_id, {}).update(changes)
+        outcomes.append(
+            StoreResult(accepted=len(new_rows), duplicates=len(checkin.events) - len(new_rows))
+        )
     if rows:
         _insert_new(connection, rows)
+    for agent_id, changes in changes_by_agent.items():
+        connection.execute(_UPDATE_AGENT, {"target_agent_id": agent_id, **changes})
+    return outcomes
 
-    changes: dict[str, Any] = {"last_seen_at": received_at}
-    if agent_version is not None:
-        changes["agent_version"] = agent_version
-    if system_info is not None:
-        changes["system_info"] = system_info
-    new_migration_rows = [row for row in rows if row["category"] is Category.MIGRATION]
+
+def _lock_agents(connection: Connection, agent_ids: set[UUID]) -> dict[UUID, dict[str, Any]]:
+    query = _LOCK_AGENTS[connection.dialect.name]
+    result = connection.execute(query, {"agent_ids": sorted(agent_ids)}).mappings()
+    return {row["id"]: dict(row) for row in result}
+
+
+def _agent_changes(
+    agent: dict[str, Any], checkin: Checkin, new_rows: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    changes: dict[str, Any] = {"last_seen_at": checkin.received_at}
+    if checkin.agent_version is not None:
+        changes["agent_version"] = checkin.agent_version
+    if checkin.system_info is not None:
+        changes["system_info"] = checkin.system_info
+    new_migration_rows = [row for row in new_rows if row["category"] is Category.MIGRATION]
     changes.update(migration_summary(agent, new_migration_rows))
-    connection.execute(_UPDATE_AGENT, {"target_agent_id": agent_id, **changes})
-    return StoreResult(accepted=len(rows), duplicates=len(events) - len(rows))
+    return changes
 
 
-def _lock_agent(connection: Connection, agent_id: UUID) -> sa.RowMapping | None:
-    query = _LOCK_AGENT[connection.dialect.name]
-    return connection.execute(query, {"agent_id": agent_id}).mappings().one_or_none()
-
-
-def migration_summary(agent: sa.RowMapping, new_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def migration_summary(
+    agent: Mapping[str, Any], new_rows: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Changes to the agent's migration summary after newly stored migration event rows.
 
     Events may arrive out of order (a spool drained late), so the summary follows the

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from starlette.routing import Route
 
-from ingest_api import routes
+from ingest_api import routes, writer
 from ingest_api.app import create_app
 from ingest_api.limits import RateLimiter
 from ingest_api.service import hash_token, revoke_agent
@@ -449,7 +449,7 @@ def test_database_failure_is_503_without_sql(
             Exception("disk I/O error"),
         )
 
-    monkeypatch.setattr(routes, "store_events", broken)
+    monkeypatch.setattr(writer, "store_checkins", broken)
     response = agent.checkin([wire_event()])
 
     assert response.status_code == 503
@@ -480,7 +480,7 @@ def test_unexpected_failure_is_a_json_500_without_traceback_or_sql(
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise failure
 
-    monkeypatch.setattr(routes, "store_events", broken)
+    monkeypatch.setattr(writer, "store_checkins", broken)
     with TestClient(
         create_app(settings=settings, engine=engine), raise_server_exceptions=False
     ) as client:

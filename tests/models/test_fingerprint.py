@@ -135,7 +135,7 @@ def test_skipping_masks_without_their_literal_text_changes_no_signature() -> Non
     ]
     for message in messages:
         text = message
-        for pattern, placeholder in fingerprint_module._MASKS:
+        for pattern, placeholder, _required in fingerprint_module._MASKS:
             text = pattern.sub(placeholder, text)
         expected = fingerprint_module._SPACES.sub(" ", text).strip()
         assert error_signature(message) == expected

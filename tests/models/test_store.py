@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ingest_api.service import create_enrollment_token, register_agent
+from ingest_api.service import create_enrollment_token, register_agent, revoke_agent
 from models import store
 from models.database import write_transaction
-from models.tables import EVENT_TABLE
-from models.vocabulary import EventType
+from models.tables import AGENT_TABLE, EVENT_TABLE
+from models.vocabulary import EventType, MigrationState
 from models.wire import Event, RegistrationRequest
 from tests.factories import registration, wire_event
 
@@ -67,11 +67,106 @@ def test_a_writer_racing_the_duplicate_check_is_refused_not_doubled(
         return set()
 
     monkeypatch.setattr(store, "_already_stored", sees_nothing)
-    if engine.dialect.name == "sqlite":
-        with pytest.raises(store.ConcurrentInsert):
-            _store(engine, agent_id, events)
-    else:
-        # psycopg reports no row count for executemany: the conflict clause still keeps
-        # the first copies, and the agent's row lock keeps check-ins from racing at all.
+    with pytest.raises(store.ConcurrentInsert):
         _store(engine, agent_id, events)
     assert _count(engine) == 2
+
+
+def test_stored_values_are_those_the_core_insert_writes(engine: Engine) -> None:
+    """The driver-level insert applies SQLAlchemy's own column processors: every stored
+    value, as the database holds it, matches a plain Core insert of the same row."""
+    agent_id = _agent(engine)
+    events = [
+        Event.model_validate(wire_event()),
+        Event.model_validate(
+            wire_event(
+                EventType.MIGRATION_EXECUTION_PARTIAL,
+                status="warning",
+                error_message="caf\u00e9 <b>=1+1</b>\n\u202eevil",
+                migration_from="0.1.18",
+                migration_to="0.2.0",
+                timestamp="2026-11-01T10:00:00.123456+05:30",
+                details={"steps": [{"name": "copy", "ok": True}], "ratio": 1e-07, "n": None},
+            )
+        ),
+        Event.model_validate(wire_event(EventType.UPDATE_INSTALLED, system_info={})),
+    ]
+    other_id = _agent(engine)
+    _store(engine, agent_id, events)
+    reference = [
+        store.event_row(event, agent_id=other_id, hostname="web-01", received_at=NOW)
+        for event in events
+    ]
+    with write_transaction(engine) as connection:
+        connection.execute(sa.insert(EVENT_TABLE), reference)
+
+    columns = [column for column in EVENT_TABLE.c if column.name not in {"id", "agent_id"}]
+    # Read back as the database stores them (text on SQLite), not through the column types.
+    raw = [sa.cast(column, sa.Text) for column in columns]
+    with engine.connect() as connection:
+
+        def stored(owner: UUID) -> list[Any]:
+            query = sa.select(*raw).where(EVENT_TABLE.c.agent_id == owner)
+            return sorted(map(tuple, connection.execute(query.order_by(EVENT_TABLE.c.event_id))))
+
+        assert stored(agent_id) == stored(other_id)
+
+
+def test_checkins_stored_together_behave_as_if_stored_one_by_one(engine: Engine) -> None:
+    alice, bob, mallory = _agent(engine), _agent(engine), _agent(engine)
+    with write_transaction(engine) as connection:
+        revoke_agent(connection, agent_id=mallory)
+    detected = Event.model_validate(
+        wire_event(EventType.MIGRATION_DETECTION_SUCCESS, timestamp="2026-11-01T10:00:00Z")
+    )
+    failed = Event.model_validate(wire_event(timestamp="2026-11-01T10:05:00Z"))
+    migrated = Event.model_validate(
+        wire_event(EventType.MIGRATION_EXECUTION_SUCCESS, timestamp="2026-11-01T10:10:00Z")
+    )
+    checkins = [
+        store.Checkin(alice, [detected, failed, detected], NOW, agent_version="0.2.0"),
+        store.Checkin(mallory, [Event.model_validate(wire_event())], NOW),
+        store.Checkin(bob, [failed], NOW),
+        store.Checkin(alice, [failed, migrated], NOW + timedelta(seconds=1)),
+    ]
+    with write_transaction(engine) as connection:
+        outcomes = store.store_checkins(connection, checkins, refuse_revoked=True)
+
+    assert outcomes[0] == store.StoreResult(accepted=2, duplicates=1)
+    assert isinstance(outcomes[1], store.InactiveAgent)
+    # The same event id from another agent is that agent's own event.
+    assert outcomes[2] == store.StoreResult(accepted=1, duplicates=0)
+    assert outcomes[3] == store.StoreResult(accepted=1, duplicates=1)
+    assert _count(engine) == 4
+    with engine.connect() as connection:
+        summary = connection.execute(sa.select(AGENT_TABLE).where(AGENT_TABLE.c.id == alice)).one()
+    assert summary.migration_state == MigrationState.MIGRATED
+    assert summary.ever_migrated
+    assert summary.last_seen_at == NOW + timedelta(seconds=1)
+    assert summary.agent_version == "0.2.0"
+
+
+def test_duplicate_lookup_probes_the_unique_index(engine: Engine) -> None:
+    agent_id = _agent(engine)
+    events = [Event.model_validate(wire_event()) for _ in range(3)]
+    _store(engine, agent_id, events)
+    keys = [(agent_id, event.event_id) for event in events] + [(agent_id, uuid4())]
+    statements: list[str] = []
+
+    def remember(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", remember)
+    try:
+        with engine.connect() as connection:
+            assert store._already_stored(connection, keys) == set(keys[:3])
+            if engine.dialect.name == "sqlite":
+                plan = connection.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + statements[-1],
+                    tuple(value.hex for key in keys for value in key),
+                ).all()
+                details = " | ".join(row[-1] for row in plan)
+                assert "SEARCH e USING COVERING INDEX" in details, details
+                assert "SCAN e" not in details, details
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", remember)
