@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from console.settings import ConsoleSettings
 from models import analytics
-from models.analytics import MAX_PAGE_ROWS, EventFilters, FleetSummary
+from models.analytics import MAX_PAGE_ROWS, EventFilters, FleetSummary, JsonAs
 from models.database import create_db_engine
 from models.export import ExportFormat, export_events
 from models.settings import Settings
@@ -88,9 +88,17 @@ def agent_detail(url: str, agent_id: UUID) -> dict[str, Any] | None:
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner=False)
-def events_page(url: str, filters: EventFilters, *, limit: int, offset: int = 0) -> pd.DataFrame:
-    """One page of events, newest first (never more than MAX_PAGE_ROWS)."""
-    return analytics.events_frame(engine(url), filters=filters, limit=_capped(limit), offset=offset)
+def events_page(
+    url: str, filters: EventFilters, *, limit: int, offset: int = 0, json_as: JsonAs = "dict"
+) -> pd.DataFrame:
+    """One page of events, newest first (never more than MAX_PAGE_ROWS).
+
+    A table that shows no JSON column asks for it as text (`json_as="text"`): decoding
+    the system info and details of 10,000 rows costs more than reading them.
+    """
+    return analytics.events_frame(
+        engine(url), filters=filters, limit=_capped(limit), offset=offset, json_as=json_as
+    )
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner=False)

@@ -464,7 +464,12 @@ def event_conditions(filters: EventFilters) -> list[sa.ColumnElement[bool]]:
         conditions.append(c.occurred_at < filters.until)
     if filters.agent_ids:
         conditions.append(c.agent_id.in_(filters.agent_ids))
-    if filters.category is not None:
+    if filters.category is not None and filters.agent_ids and not filters.event_types:
+        # The same rows, named by event type: SQLite, which has no statistics, would
+        # otherwise walk the (category, occurred_at) index through half the table instead
+        # of the agent's own (agent_id, occurred_at) entries.
+        conditions.append(c.event_type.in_(_types_of(filters.category)))
+    elif filters.category is not None:
         conditions.append(c.category == filters.category)
     # Category, status and severity follow from the event type (models.vocabulary), so
     # naming the event types a status or severity filter allows, and the statuses those
@@ -498,6 +503,10 @@ def event_conditions(filters: EventFilters) -> list[sa.ColumnElement[bool]]:
     if agent_conditions:
         conditions.append(c.agent_id.in_(_agent_subquery(*agent_conditions)))
     return conditions
+
+
+def _types_of(category: Category) -> tuple[EventType, ...]:
+    return tuple(t for t in EventType if kind_of(t).category is category)
 
 
 def _vocabulary_allows(filters: EventFilters, event_type: EventType) -> bool:
@@ -1112,11 +1121,13 @@ def error_groups_frame(
         c.fingerprint.is_not(None),
         *event_conditions(make_filters(filters, **filter_values)),
     ]
-    # A fingerprint hashes the event type in, so each group has exactly one event type.
+    # A fingerprint hashes the event type in, so each group has exactly one event type: it
+    # is read from the group's sample row, which keeps the aggregate on the columns of the
+    # (fingerprint, occurred_at, agent_id) index (plus the event key, which SQLite keeps
+    # in every index and PostgreSQL's index includes): no table row is visited.
     query = (
         sa.select(
             c.fingerprint,
-            sa.func.min(_raw_text(c.event_type)).label("event_type"),
             sa.func.count().label("events"),
             sa.func.count(sa.distinct(c.agent_id)).label("agents"),
             sa.func.min(c.occurred_at).label("first_event_at"),
@@ -1130,20 +1141,27 @@ def error_groups_frame(
     if limit is not None:
         query = query.limit(limit)
     with engine_for(source).connect() as connection:
-        groups = _typed_frame(connection.execute(query).all(), ERROR_GROUP_COLUMNS)
-        samples = _sample_messages(connection, groups["sample_event_pk"].tolist())
-    messages = [samples.get(pk, (None, None)) for pk in groups["sample_event_pk"]]
+        rows = connection.execute(query).all()
+        samples = _sample_messages(connection, [row.sample_event_pk for row in rows])
+    messages = [samples.get(row.sample_event_pk, (None, None, None)) for row in rows]
+    groups = _typed_frame(
+        [
+            (row[0], event_type, *row[1:])
+            for row, (_, _, event_type) in zip(rows, messages, strict=True)
+        ],
+        ERROR_GROUP_COLUMNS,
+    )
     groups.insert(
         2,
         "category",
         pd.Categorical([_category_of(t) for t in groups["event_type"]], dtype=CATEGORY_DTYPE),
     )
-    groups.insert(3, "sample_message", pd.array([m for m, _ in messages], dtype=STRING_DTYPE))
+    groups.insert(3, "sample_message", pd.array([m for m, _, _ in messages], dtype=STRING_DTYPE))
     groups.insert(
         4,
         "signature",
         pd.array(
-            [None if m is None else error_signature(m, hostname=h) for m, h in messages],
+            [None if m is None else error_signature(m, hostname=h) for m, h, _ in messages],
             dtype=STRING_DTYPE,
         ),
     )
@@ -1159,16 +1177,21 @@ def _category_of(event_type: Any) -> str | None:
 
 def _sample_messages(
     connection: Connection, event_pks: Sequence[int]
-) -> dict[int, tuple[str | None, str]]:
-    """Message and hostname of some events, by event_pk (the hostname was masked too)."""
+) -> dict[int, tuple[str | None, str, str]]:
+    """Message, hostname (it was masked too) and event type of some events, by event_pk."""
     if not event_pks:
         return {}
     query = (
-        sa.select(EVENTS.c.id, EVENTS.c.error_message, AGENTS.c.hostname)
+        sa.select(
+            EVENTS.c.id, EVENTS.c.error_message, AGENTS.c.hostname, _raw_text(EVENTS.c.event_type)
+        )
         .select_from(EVENTS.join(AGENTS, AGENTS.c.id == EVENTS.c.agent_id))
         .where(EVENTS.c.id.in_([int(pk) for pk in event_pks]))
     )
-    return {pk: (message, host) for pk, message, host in connection.execute(query)}
+    return {
+        pk: (message, host, event_type)
+        for pk, message, host, event_type in connection.execute(query)
+    }
 
 
 GROUP_HOST_COLUMNS: dict[str, _Kind] = {
@@ -1237,11 +1260,11 @@ def group_hosts_frame(
                 a.agent_version,
                 _raw_text(a.migration_state).label("migration_state"),
                 a.last_fingerprint,
-                a.last_seen_at,
+                _raw_time(a.last_seen_at, dialect).label("last_seen_at"),
                 _stale(cutoff).label("stale"),
                 p.events,
-                p.first_event_at,
-                p.last_event_at,
+                _raw_time(p.first_event_at, dialect).label("first_event_at"),
+                _raw_time(p.last_event_at, dialect).label("last_event_at"),
                 p.sample_event_pk,
             )
             .select_from(per_agent.join(AGENTS, a.id == p.agent_id))
@@ -1254,7 +1277,7 @@ def group_hosts_frame(
         # planner may hash the whole event table to find a few thousand of them.
         samples = _sample_messages(connection, [row.sample_event_pk for row in rows])
     return _typed_frame(
-        [(*row, samples.get(row.sample_event_pk, (None, None))[0]) for row in rows],
+        [(*row, samples.get(row.sample_event_pk, (None, None, None))[0]) for row in rows],
         GROUP_HOST_COLUMNS,
     )
 

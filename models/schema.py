@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-import models.tables  # noqa: F401  (registers the tables on the metadata)
+from models.tables import POSTGRESQL_ONLY
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -50,10 +51,32 @@ def upgrade_database(engine: Engine) -> tuple[str | None, str]:
     return before, head_revision()
 
 
+def include_object_for(dialect_name: str) -> Callable[..., bool]:
+    """Alembic's `include_object` hook: leave out the objects this database does not have.
+
+    Schema objects marked `info={POSTGRESQL_ONLY: True}` (an index type SQLite lacks)
+    are compared on PostgreSQL only.
+    """
+
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        model = compare_to if reflected else obj
+        info = getattr(model, "info", None) or {}
+        return not (info.get(POSTGRESQL_ONLY) and dialect_name != "postgresql")
+
+    return include_object
+
+
 def schema_drift(engine: Engine) -> list[Any]:
     """Differences between the migrated database and the models (empty when in sync)."""
     with engine.connect() as connection:
         context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "compare_server_default": True}
+            connection,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_object": include_object_for(connection.dialect.name),
+            },
         )
         return list(compare_metadata(context, SQLModel.metadata))

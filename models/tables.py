@@ -21,6 +21,11 @@ SQLModel.metadata.naming_convention = {
 }
 
 
+# `info` key of schema objects that exist on PostgreSQL only: Alembic's migrations create
+# them there alone, and the schema comparison skips them on other databases.
+POSTGRESQL_ONLY = "postgresql_only"
+
+
 def _utc(nullable: bool = False, **kwargs: Any) -> Any:
     return Field(sa_column=sa.Column(UTCDateTime(), nullable=nullable, **kwargs))
 
@@ -99,8 +104,18 @@ class UpdateEvent(SQLModel, table=True):
         sa.Index(None, "agent_id", "occurred_at"),
         sa.Index(None, "category", "occurred_at"),
         sa.Index(None, "event_type", "status", "occurred_at"),
-        # Covers the error-group queries (distinct agents per fingerprint over time).
-        sa.Index(None, "fingerprint", "occurred_at", "agent_id"),
+        # Covers the error-group queries (distinct agents per fingerprint over time, the
+        # newest event key); SQLite keeps the key (rowid) in every index by itself.
+        sa.Index(None, "fingerprint", "occurred_at", "agent_id", postgresql_include=["id"]),
+        # Serves "error text contains" (ILIKE '%text%') on PostgreSQL; SQLite has no
+        # trigram index, so the index exists there only (see POSTGRESQL_ONLY).
+        sa.Index(
+            "ix_update_events_error_message_trgm",
+            "error_message",
+            postgresql_using="gin",
+            postgresql_ops={"error_message": "gin_trgm_ops"},
+            info={POSTGRESQL_ONLY: True},
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: int | None = Field(

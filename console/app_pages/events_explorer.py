@@ -103,7 +103,8 @@ st.session_state["ex_page"] = page
 view = dataclasses.replace(view, page=page)
 
 first = (page - 1) * view.page_size
-events = data.events_page(database, filters, limit=view.page_size, offset=first)
+# The table shows no JSON column; a selected event's details are read on their own.
+events = data.events_page(database, filters, limit=view.page_size, offset=first, json_as="text")
 with st.container(horizontal=True, vertical_alignment="center"):
     if total:
         st.caption(f"{total:,} events match · showing {first + 1:,} to {first + len(events):,}")

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlmodel import SQLModel
 
 import models.tables  # noqa: F401  (registers the tables on the metadata)
 from models.database import create_db_engine
+from models.schema import include_object_for
 
 config = context.config
 target_metadata = SQLModel.metadata
 
 
-def _configure(connection: object) -> None:
+def _configure(connection: Any) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
         compare_server_default=True,
+        include_object=include_object_for(connection.dialect.name),
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=True,
     )
