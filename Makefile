@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export REDFLAG_DATABASE_URL ?= sqlite:///./var/redflag.db
 
-.PHONY: install run demo-reset test bench lint format db-upgrade clean
+.PHONY: install run demo-reset test bench chaos lint format db-upgrade clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The chaos run (bench/chaos.py, docs/RELIABILITY.md): 10 agents, 50 server and 50 agent
+# SIGKILLs, two 60 s outages; fails unless every spooled event is stored exactly once.
+# CHAOS_ARGS="--backend postgresql" also restarts the local PostgreSQL cluster once.
+chaos: install
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 db-upgrade: install
 	$(BIN)/redflag-server db upgrade
