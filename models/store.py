@@ -7,9 +7,10 @@ rules for what gets stored live in one place.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -174,7 +175,8 @@ class _MultiRowInsert:
     row_placeholders: str
     tail: str
     keys: tuple[str, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    # Per column: its values, converted by the column type's bind processor (None: as is).
+    converters: tuple[Callable[[Sequence[Any]], Iterable[Any]] | None, ...]
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> _MultiRowInsert:
@@ -187,8 +189,9 @@ class _MultiRowInsert:
             # The conflict target is named so that any other constraint violation raises.
             tail=" ON CONFLICT (agent_id, event_id) DO NOTHING",
             keys=keys,
-            processors=tuple(
-                EVENTS.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in keys
+            converters=tuple(
+                _converter(key, EVENTS.c[key].type.dialect_impl(dialect).bind_processor(dialect))
+                for key in keys
             ),
         )
 
@@ -197,10 +200,30 @@ class _MultiRowInsert:
         # Column by column, so that the loops run in C and only the processors in Python.
         columns = zip(*map(itemgetter(*self.keys), rows), strict=True)
         encoded = [
-            values if process is None else map(process, values)
-            for values, process in zip(columns, self.processors, strict=True)
+            values if convert is None else convert(values)
+            for values, convert in zip(columns, self.converters, strict=True)
         ]
         return sql, tuple(chain.from_iterable(zip(*encoded, strict=True)))
+
+
+# Columns whose value is the same for every event of a check-in: each distinct value is
+# converted once per statement.
+_SHARED_BY_A_CHECKIN = frozenset({"agent_id", "received_at"})
+
+
+def _converter(
+    key: str, process: Callable[[Any], Any] | None
+) -> Callable[[Sequence[Any]], Iterable[Any]] | None:
+    if process is None:
+        return None
+    if key not in _SHARED_BY_A_CHECKIN:
+        return partial(map, process)
+
+    def convert_each_distinct_value_once(values: Sequence[Any]) -> list[Any]:
+        done: dict[Any, Any] = {}
+        return [done[v] if v in done else done.setdefault(v, process(v)) for v in values]
+
+    return convert_each_distinct_value_once
 
 
 _MULTI_ROW_INSERTS: weakref.WeakKeyDictionary[Dialect, _MultiRowInsert] = (
