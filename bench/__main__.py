@@ -17,6 +17,9 @@ from bench.report import Report
 
 BENCHMARKS: dict[str, str] = {
     "ingest": "bench.ingest",
+    "console": "bench.console",
+    "export": "bench.export",
+    "agent": "bench.agent",
 }
 
 

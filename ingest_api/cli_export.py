@@ -15,7 +15,14 @@ from typing import Any
 
 from models.analytics import EventFilters, parse_time
 from models.database import create_db_engine
-from models.export import DEFAULT_CHUNK_SIZE, FORMATS, ExportError, export_events, manifest_path
+from models.export import (
+    DEFAULT_CHUNK_SIZE,
+    FORMATS,
+    READERS,
+    ExportError,
+    export_events,
+    manifest_path,
+)
 from models.vocabulary import Category, EventType, Severity, Status
 
 
@@ -69,6 +76,8 @@ def add_export_parser(
     export.add_argument(
         "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N", help=argparse.SUPPRESS
     )
+    # The reference reader, for comparing files when in doubt; both write the same rows.
+    export.add_argument("--reader", choices=READERS, default="auto", help=argparse.SUPPRESS)
     export.add_argument("--no-progress", action="store_true", help="no progress bar")
     export.set_defaults(handler=run_export)
     return export
@@ -125,6 +134,7 @@ def run_export(args: argparse.Namespace) -> int:
             limit=args.limit,
             chunk_size=args.chunk_size,
             progress=not args.no_progress,
+            reader=args.reader,
         )
     except ExportError as exc:
         raise CommandError(str(exc)) from None

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from models import analytics, export
+from models import analytics, event_batches, export
 from models.analytics import EventFilters
 from models.database import write_transaction
 from models.export import ExportError, export_events, manifest_path
@@ -183,22 +184,35 @@ def test_an_empty_export_is_still_a_readable_file(db_url: str, tmp_path: Path, f
     assert list(written.columns) == list(analytics.EVENT_COLUMNS)
 
 
+@pytest.mark.parametrize("reader", ["arrow", "frames"])
 def test_a_failed_export_leaves_no_file_and_keeps_the_old_one(
-    fleet_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fleet_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str
 ) -> None:
     exports = tmp_path / "exports"
     exports.mkdir()
     out = exports / "events.csv"
     out.write_text("previous export\n")
 
-    def broken_after_one_chunk(*args: Any, **kwargs: Any) -> Iterator[pd.DataFrame]:
-        yield next(iter(analytics.iter_events_frames(*args, **kwargs)))
+    def broken_after_one_chunk(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        yield next(iter(read(*args, **kwargs)))
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(export, "iter_events_frames", broken_after_one_chunk)
+    if reader == "frames":
+        read: Any = analytics.iter_events_frames
+        monkeypatch.setattr(export, "iter_events_frames", broken_after_one_chunk)
+    else:
+        read = event_batches.iter_event_batches
+        monkeypatch.setattr(event_batches, "iter_event_batches", broken_after_one_chunk)
 
     with pytest.raises(RuntimeError, match="went away"):
-        export_events(fleet_url, fmt="csv", out=out, chunk_size=2, progress=False)
+        export_events(
+            fleet_url,
+            fmt="csv",
+            out=out,
+            chunk_size=2,
+            progress=False,
+            reader=reader,  # type: ignore[arg-type]
+        )
 
     assert out.read_text() == "previous export\n"
     assert sorted(p.name for p in exports.iterdir()) == ["events.csv"]
@@ -249,6 +263,8 @@ def _seed_bulk(engine: Engine) -> None:
 
 @pytest.mark.slow
 def test_a_large_export_streams_in_bounded_chunks(engine: Engine, tmp_path: Path) -> None:
+    # The frames reader (the reference); the Arrow reader's bound is in
+    # test_a_large_arrow_export_streams_in_bounded_batches.
     _seed_bulk(engine)
     pages: list[str] = []
 
@@ -266,7 +282,12 @@ def test_a_large_export_streams_in_bounded_chunks(engine: Engine, tmp_path: Path
         tracemalloc.start()
     try:
         manifest = export_events(
-            engine, fmt="parquet", out=out, chunk_size=CHUNK_SIZE, progress=False
+            engine,
+            fmt="parquet",
+            out=out,
+            chunk_size=CHUNK_SIZE,
+            progress=False,
+            reader="frames",
         )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -278,6 +299,38 @@ def test_a_large_export_streams_in_bounded_chunks(engine: Engine, tmp_path: Path
     assert len(pages) == BULK_EVENTS // CHUNK_SIZE + 1
     if traced:
         assert peak < STREAMING_PEAK_LIMIT, f"peak {peak / 2**20:.0f} MiB"
+    written = pd.read_parquet(out, columns=["event_pk", "occurred_at"])
+    assert written["occurred_at"].is_monotonic_decreasing
+    assert written["event_pk"].is_unique
+
+
+@pytest.mark.slow
+def test_a_large_arrow_export_streams_in_bounded_batches(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed_bulk(engine)
+    batch_rows: list[int] = []
+    arrow_bytes: list[int] = []
+    read = event_batches.iter_event_batches
+
+    def watched(*args: Any, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        for batch in read(*args, **kwargs):
+            batch_rows.append(batch.num_rows)
+            arrow_bytes.append(pa.total_allocated_bytes())
+            yield batch
+
+    monkeypatch.setattr(event_batches, "iter_event_batches", watched)
+    out = tmp_path / "bulk.parquet"
+    before = pa.total_allocated_bytes()
+
+    manifest = export_events(engine, fmt="parquet", out=out, chunk_size=CHUNK_SIZE, progress=False)
+
+    assert manifest["rows"] == pq.read_metadata(out).num_rows == BULK_EVENTS
+    assert max(batch_rows) <= CHUNK_SIZE
+    assert len(batch_rows) >= BULK_EVENTS // CHUNK_SIZE
+    # The whole table in Arrow would be ~60 MB; a row group and the batches read ahead
+    # are a small part of it.
+    assert max(arrow_bytes) - before < STREAMING_PEAK_LIMIT, f"{max(arrow_bytes) / 2**20:.0f} MiB"
     written = pd.read_parquet(out, columns=["event_pk", "occurred_at"])
     assert written["occurred_at"].is_monotonic_decreasing
     assert written["event_pk"].is_unique
