@@ -12,14 +12,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, NoReturn
 from uuid import UUID
 
-import uvicorn
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ingest_api.cli_export import add_export_parser
 from ingest_api.service import create_enrollment_token, list_agents, revoke_agent
 from models.database import DatabaseURLError, create_db_engine, describe_url, write_transaction
-from models.schema import current_revision, head_revision, upgrade_database
 from models.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,7 +39,13 @@ def _engine(args: argparse.Namespace) -> Engine:
     return create_db_engine(args.database_url)
 
 
+# Alembic and uvicorn are imported by the commands that use them: an export, say, needs
+# neither, and together they are about half a second of start-up.
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
+    from models.schema import upgrade_database
+
     engine = _engine(args)
     before, after = upgrade_database(engine)
     where = describe_url(engine)
@@ -92,6 +96,8 @@ def _agent_id(text: str) -> UUID:
 
 
 def _require_current_schema(engine: Engine) -> None:
+    from models.schema import current_revision, head_revision
+
     if current_revision(engine) != head_revision():
         raise CommandError(
             f"the database {describe_url(engine)} is not at the current schema: "
@@ -115,6 +121,8 @@ def served_app() -> FastAPI:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
     engine = _engine(args)
     _require_current_schema(engine)
     engine.dispose()
