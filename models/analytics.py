@@ -68,6 +68,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 
 from models.database import create_db_engine, normalise_url
 from models.fingerprint import error_signature
@@ -438,6 +439,39 @@ def _contains(column: Any, text: str) -> sa.ColumnElement[bool]:
     return column.ilike(f"%{_like_literal(text)}%", escape=_LIKE_ESCAPE)  # type: ignore[no-any-return]
 
 
+class _ErrorTextContains(sa.ColumnElement[bool]):
+    """`error_message` contains the text (case-insensitive), worded for each database.
+
+    PostgreSQL: `error_message ILIKE '%text%'`, which its trigram index serves. SQLite:
+    `id IN (SELECT id ... WHERE error_message IS NOT NULL AND <the same test>)`, a scan of
+    the partial index of messages (migration 0004) instead of the table; written inline,
+    the test made SQLite walk another index and read each failure's row.
+    """
+
+    type = sa.Boolean()
+    # A condition in itself, not a value to compare with true.
+    _is_implicitly_boolean = True
+    # Each database compiles a different statement: never share a cached one.
+    inherit_cache = False
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+@compiles(_ErrorTextContains)
+def _error_text_anywhere(element: _ErrorTextContains, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(_contains(EVENTS.c.error_message, element.text), **kw))
+
+
+@compiles(_ErrorTextContains, "sqlite")
+def _error_text_on_sqlite(element: _ErrorTextContains, compiler: Any, **kw: Any) -> str:
+    messages = sa.alias(EVENTS, "with_message")
+    scan = sa.select(messages.c.id).where(
+        messages.c.error_message.is_not(None), _contains(messages.c.error_message, element.text)
+    )
+    return str(compiler.process(EVENTS.c.id.in_(scan), **kw))
+
+
 def _matches(column: Any, pattern: str) -> sa.ColumnElement[bool]:
     """Exact match, or a case-insensitive `*` wildcard pattern when the value has a `*`."""
     if "*" not in pattern:
@@ -494,7 +528,7 @@ def event_conditions(filters: EventFilters) -> list[sa.ColumnElement[bool]]:
     if filters.migration_to is not None:
         conditions.append(_matches(c.migration_to, filters.migration_to))
     if filters.error_text is not None:
-        conditions.append(_contains(c.error_message, filters.error_text))
+        conditions.append(_ErrorTextContains(filters.error_text))
     agent_conditions = []
     if filters.host is not None:
         agent_conditions.append(_contains(AGENTS.c.hostname, filters.host))

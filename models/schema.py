@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from models.tables import POSTGRESQL_ONLY
+from models.tables import ONLY_ON
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -54,8 +54,8 @@ def upgrade_database(engine: Engine) -> tuple[str | None, str]:
 def include_object_for(dialect_name: str) -> Callable[..., bool]:
     """Alembic's `include_object` hook: leave out the objects this database does not have.
 
-    Schema objects marked `info={POSTGRESQL_ONLY: True}` (an index type SQLite lacks)
-    are compared on PostgreSQL only.
+    Schema objects marked `info={ONLY_ON: "postgresql"}` (an index kind SQLite lacks), or
+    `"sqlite"`, are compared on that database only.
     """
 
     def include_object(
@@ -63,7 +63,8 @@ def include_object_for(dialect_name: str) -> Callable[..., bool]:
     ) -> bool:
         model = compare_to if reflected else obj
         info = getattr(model, "info", None) or {}
-        return not (info.get(POSTGRESQL_ONLY) and dialect_name != "postgresql")
+        only_on = info.get(ONLY_ON)
+        return only_on is None or only_on == dialect_name
 
     return include_object
 

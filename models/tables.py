@@ -21,9 +21,10 @@ SQLModel.metadata.naming_convention = {
 }
 
 
-# `info` key of schema objects that exist on PostgreSQL only: Alembic's migrations create
-# them there alone, and the schema comparison skips them on other databases.
-POSTGRESQL_ONLY = "postgresql_only"
+# `info` key naming the one database a schema object exists on (an index kind the other
+# lacks or does not need): Alembic's migrations create it there alone, and the schema
+# comparison skips it on the other database.
+ONLY_ON = "only_on"
 
 
 def _utc(nullable: bool = False, **kwargs: Any) -> Any:
@@ -108,14 +109,23 @@ class UpdateEvent(SQLModel, table=True):
         # newest event key); SQLite keeps the key (rowid) in every index by itself.
         sa.Index(None, "fingerprint", "occurred_at", "agent_id", postgresql_include=["id"]),
         # Serves "error text contains" (ILIKE '%text%') on PostgreSQL; SQLite has no
-        # trigram index, so the index exists there only (see POSTGRESQL_ONLY).
+        # trigram index, so the index exists there only (see ONLY_ON).
         sa.Index(
             "ix_update_events_error_message_trgm",
             "error_message",
             postgresql_using="gin",
             postgresql_ops={"error_message": "gin_trgm_ops"},
-            info={POSTGRESQL_ONLY: True},
+            info={ONLY_ON: "postgresql"},
         ).ddl_if(dialect="postgresql"),
+        # Serves "error text contains" on SQLite: only failures and warnings carry a
+        # message, so a scan of this partial index reads a fraction of the table
+        # (`models.analytics` words the condition so that SQLite uses it).
+        sa.Index(
+            "ix_update_events_error_message_present",
+            "error_message",
+            sqlite_where=sa.text("error_message IS NOT NULL"),
+            info={ONLY_ON: "sqlite"},
+        ).ddl_if(dialect="sqlite"),
     )
 
     id: int | None = Field(
