@@ -50,40 +50,51 @@ def _settle(future: asyncio.Future[StoreResult], outcome: StoreResult | BaseExce
 
 
 class CheckinWriter:
-    """Stores check-ins handed over by `store`, in groups, on its own thread.
+    """Stores check-ins handed over by `store`, in groups, on its own threads.
 
     `transaction` opens the write transaction a group runs in (the runtime's, which also
     waits for SQLite's in-process write lock). If a group fails as a whole (the database
     is unreachable, full or locked past its timeout, or a foreign writer raced it) every
     check-in in it gets that exception and nothing of the group is stored.
+
+    SQLite has one writer at a time, so one thread. PostgreSQL takes several transactions
+    at once: with more threads a group is written while the next waits on the network,
+    and `store_checkins` locks agents in id order, so two groups cannot deadlock.
     """
 
     def __init__(
         self,
         transaction: Callable[[], AbstractContextManager[Connection]],
         *,
+        threads: int = 1,
         max_events_per_group: int = MAX_EVENTS_PER_GROUP,
     ) -> None:
         self._transaction = transaction
+        self._thread_count = threads
         self._max_events = max_events_per_group
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="checkin-writer", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"checkin-writer-{n}", daemon=True)
+            for n in range(self._thread_count)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Store what is queued, then end the thread."""
-        if self._thread is not None:
+        """Store what is queued, then end the threads."""
+        for _ in self._threads:
             self._jobs.put(None)
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     async def store(self, checkin: Checkin) -> StoreResult:
         """The check-in's result once its group is committed; raises InactiveAgent, or
         whatever made the group fail."""
-        if self._thread is None:
+        if not self._threads:
             raise RuntimeError("the check-in writer is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoreResult] = loop.create_future()

@@ -127,24 +127,29 @@ def _already_stored(
 ) -> set[tuple[UUID, UUID]]:
     """Which of these (agent id, event id) pairs are stored: one unique-index probe each.
 
-    Written as a join with a VALUES list because SQLite answers `(a, b) IN (VALUES ..)`
-    by scanning the whole index.
+    A join with the pairs, because SQLite answers `(a, b) IN (VALUES ..)` by scanning the
+    whole index. PostgreSQL gets the pairs as two arrays: psycopg rewrites the
+    placeholders of every long statement in Python, which cost more than the query.
     """
     dialect = connection.dialect
     uuid_type = EVENTS.c.event_id.type.dialect_impl(dialect)
     encode: Callable[[Any], Any] = uuid_type.bind_processor(dialect) or _same
     decode: Callable[[Any], Any] = uuid_type.result_processor(dialect, None) or _same
-    placeholder = _placeholder(dialect)
     stored: set[tuple[UUID, UUID]] = set()
     for start in range(0, len(keys), _KEYS_PER_LOOKUP):
         chunk = keys[start : start + _KEYS_PER_LOOKUP]
-        pairs = ", ".join([f"({placeholder}, {placeholder})"] * len(chunk))
+        if _by_column(dialect):
+            pairs = "SELECT * FROM unnest(%b::uuid[], %b::uuid[])"
+            columns = zip(*chunk, strict=True)
+            parameters: tuple[Any, ...] = tuple(list(map(encode, ids)) for ids in columns)
+        else:
+            pairs = "VALUES " + ", ".join(["(?, ?)"] * len(chunk))
+            parameters = tuple(map(encode, chain.from_iterable(chunk)))
         sql = (
-            f"WITH k (agent_id, event_id) AS (VALUES {pairs}) "
+            f"WITH k (agent_id, event_id) AS ({pairs}) "
             f"SELECT e.agent_id, e.event_id FROM k JOIN {EVENTS.name} e "
             "ON e.agent_id = k.agent_id AND e.event_id = k.event_id"
         )
-        parameters = tuple(map(encode, chain.from_iterable(chunk)))
         for agent_id, event_id in connection.exec_driver_sql(sql, parameters):
             stored.add((decode(agent_id), decode(event_id)))
     return stored
@@ -154,23 +159,29 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _placeholder(dialect: Dialect) -> str:
-    return "?" if dialect.paramstyle == "qmark" else "%s"
+def _by_column(dialect: Dialect) -> bool:
+    """Whether rows go to this database as one array per column (PostgreSQL's unnest)
+    rather than as a VALUES list (SQLite, which has no arrays)."""
+    return dialect.name == "postgresql"
 
 
 @dataclass(frozen=True, slots=True)
 class _MultiRowInsert:
-    """One `INSERT .. VALUES (..), (..), .. ON CONFLICT (agent_id, event_id) DO NOTHING`
-    per check-in, its parameters encoded by each column's own SQLAlchemy bind processor
-    (so the stored values are those of a Core insert: hex UUIDs on SQLite, enum values,
-    UTC timestamps, the engine's JSON serializer).
+    """One `INSERT .. ON CONFLICT (agent_id, event_id) DO NOTHING` for a group's events,
+    its parameters encoded by each column's own SQLAlchemy bind processor (so the stored
+    values are those of a Core insert: hex UUIDs on SQLite, enum values, UTC timestamps,
+    the engine's JSON serializer).
 
     Executing the Core statement with a list of dicts costs about 40 us per row in
     SQLAlchemy's parameter handling, more than SQLite spends storing the row; and an
-    executemany lets go of the GIL once per row, so under load a request thread queues
-    for it a hundred times per check-in. One statement lets go of it once.
+    executemany lets go of the GIL once per row, so under load the writer queues for it
+    a hundred times per check-in. One statement lets go of it once. SQLite gets the rows
+    as `VALUES (..), (..)`; PostgreSQL as one array per column (`SELECT * FROM
+    unnest(..)`): a short statement whose placeholders psycopg converts once and caches,
+    where a VALUES list of a thousand rows was rewritten in Python on every execution.
     """
 
+    sql: str | None  # PostgreSQL's, the same for any number of rows
     head: str
     row_placeholders: str
     tail: str
@@ -182,12 +193,18 @@ class _MultiRowInsert:
     def for_dialect(cls, dialect: Dialect) -> _MultiRowInsert:
         keys = tuple(column.name for column in EVENTS.c if column.name != "id")
         quote = dialect.identifier_preparer.quote
-        placeholder = _placeholder(dialect)
+        head = f"INSERT INTO {quote(EVENTS.name)} ({', '.join(map(quote, keys))}) "
+        # The conflict target is named so that any other constraint violation raises.
+        tail = " ON CONFLICT (agent_id, event_id) DO NOTHING"
+        sql = None
+        if _by_column(dialect):
+            arrays = ", ".join(f"%b::{EVENTS.c[key].type.compile(dialect)}[]" for key in keys)
+            sql = f"{head}SELECT * FROM unnest({arrays}){tail}"
         return cls(
-            head=f"INSERT INTO {quote(EVENTS.name)} ({', '.join(map(quote, keys))}) VALUES ",
-            row_placeholders=f"({', '.join([placeholder] * len(keys))})",
-            # The conflict target is named so that any other constraint violation raises.
-            tail=" ON CONFLICT (agent_id, event_id) DO NOTHING",
+            sql=sql,
+            head=head + "VALUES ",
+            row_placeholders=f"({', '.join(['?'] * len(keys))})",
+            tail=tail,
             keys=keys,
             converters=tuple(
                 _converter(key, EVENTS.c[key].type.dialect_impl(dialect).bind_processor(dialect))
@@ -196,13 +213,15 @@ class _MultiRowInsert:
         )
 
     def statement(self, rows: Sequence[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
-        sql = self.head + ", ".join([self.row_placeholders] * len(rows)) + self.tail
         # Column by column, so that the loops run in C and only the processors in Python.
         columns = zip(*map(itemgetter(*self.keys), rows), strict=True)
         encoded = [
             values if convert is None else convert(values)
             for values, convert in zip(columns, self.converters, strict=True)
         ]
+        if self.sql is not None:
+            return self.sql, tuple(map(list, encoded))
+        sql = self.head + ", ".join([self.row_placeholders] * len(rows)) + self.tail
         return sql, tuple(chain.from_iterable(zip(*encoded, strict=True)))
 
 
