@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.report import Report
+from bench.report import Report, finish
 
 BENCHMARKS: dict[str, str] = {
     "ingest": "bench.ingest",
@@ -43,10 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         module = modules[name]
         report.extend(module.run(module.options_from(args)))
     report.facts["benchmark wall time"] = f"{time.perf_counter() - started:.0f} s"
-    print(report.render())
-    if args.json:
-        args.json.write_text(report.to_json())
-    return 1 if report.failed else 0
+    return finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from agent.events import new_event
 from agent.execution import ExecutionOutcome, execute
 from agent.layout import Layout
 from agent.spool import Spool, SpoolKind
-from bench.report import FAIL, Report, Row
+from bench.report import FAIL, Report, Row, run_alone
 from demo.layouts import Host, remove_tree
 from models.vocabulary import EventType
 
@@ -257,19 +257,7 @@ def _median(rounds: int, action: Callable[[], object]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.agent",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    report = run(options_from(args))
-    print(report.render())
-    if args.json:
-        args.json.write_text(report.to_json())
-    return 1 if report.failed else 0
+    return run_alone(sys.modules[__name__], "python -m bench.agent", argv)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,13 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from bench import seed
-from bench.report import FAIL, INFO, REPO, Report, Row, verdict
+from bench.report import FAIL, REPO, Report, Row, judge, progress, run_alone, verdict
 from bench.server import postgres_unreachable, postgres_version
 from console import links
 from models import analytics
@@ -111,7 +109,7 @@ def run(options: Options) -> Report:
 
 def _run_backend(backend: str, options: Options) -> Report:
     report = Report()
-    _progress(f"{backend}: seeding {options.agents:,} agents, {options.events:,} events")
+    progress(f"console {backend}: seeding {options.agents:,} agents, {options.events:,} events")
     with seed.seeded_database(
         backend, agents=options.agents, events=options.events, pg_admin_url=options.pg_admin_url
     ) as url:
@@ -127,11 +125,11 @@ def _run_backend(backend: str, options: Options) -> Report:
             )
         )
         targets = _targets(url)
-        _progress(f"{backend}: baseline, pandas.read_sql of every event")
+        progress(f"console {backend}: baseline, pandas.read_sql of every event")
         baseline = _child(["--baseline", url])
         results = {}
         for page, steps in _scenarios(targets).items():
-            _progress(f"{backend}: {page}")
+            progress(f"console {backend}: {page}")
             results[page] = _child([json.dumps({"url": url, "steps": steps})])
     _report(report, backend, options, results, baseline)
     return report
@@ -296,10 +294,10 @@ def _report(
                     base_text,
                     f"1/{base_s / seconds:,.0f}" if seconds > 0 else "-",
                     f"< {TARGET_SECONDS:.0f} s, <= {TARGET_ROWS:,} rows/table",
-                    _judge(
-                        options,
-                        seconds < TARGET_SECONDS,
-                        bounded and not step["exception"],
+                    judge(
+                        quick=options.quick,
+                        fast_enough=seconds < TARGET_SECONDS,
+                        correct=bounded and not step["exception"],
                     ),
                 )
             )
@@ -329,7 +327,7 @@ def _report(
             f"read_sql peak {baseline['peak_rss_mb']:,.0f} MB",
             f"1/{baseline['peak_rss_mb'] / worst:.1f}",
             f"< {TARGET_RSS_MB:.0f} MB",
-            _judge(options, worst < TARGET_RSS_MB),
+            judge(quick=options.quick, fast_enough=worst < TARGET_RSS_MB),
         )
     )
 
@@ -342,33 +340,8 @@ def _size(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _judge(options: Options, within_target: bool, correct: bool = True) -> str:
-    """A verdict; a --quick run is too small to judge speed, only correctness."""
-    if options.quick:
-        return INFO if correct else FAIL
-    return verdict(within_target and correct)
-
-
-def _progress(message: str) -> None:
-    print(f"[bench] console {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.console",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    report = run(options_from(args))
-    report.facts["console benchmark wall time"] = f"{time.perf_counter() - started:.0f} s"
-    print(report.render())
-    if args.json:
-        args.json.write_text(report.to_json())
-    return 1 if report.failed else 0
+    return run_alone(sys.modules[__name__], "python -m bench.console", argv)
 
 
 if __name__ == "__main__":

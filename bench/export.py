@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import seed
-from bench.report import FAIL, INFO, Report, Row, verdict
+from bench.report import FAIL, INFO, Report, Row, judge, progress, run_alone
 from bench.server import DEFAULT_PG_ADMIN_URL
 
 TARGET_PARQUET_SECONDS = 5.0
@@ -134,7 +134,7 @@ def run(options: Options) -> Report:
     if options.quick:
         report.notes.append("export: quick run, too small to judge speed; correctness judged")
     for backend in options.backends:
-        _progress(f"export, {backend}: seeding {options.events:,} events (shared with others)")
+        progress(f"export, {backend}: seeding {options.events:,} events (shared with others)")
         try:
             with seed.seeded_database(
                 backend,
@@ -156,7 +156,7 @@ def run(options: Options) -> Report:
 
 def _run_backend(report: Report, options: Options, backend: str, url: str) -> None:
     python = sys.executable
-    _progress(f"export, {backend}: baseline pandas.read_sql of the whole table")
+    progress(f"export, {backend}: baseline pandas.read_sql of the whole table")
     baseline = measure([python, "-c", _BASELINE, url])
     if baseline.returncode != 0:
         report.add(
@@ -175,7 +175,7 @@ def _run_backend(report: Report, options: Options, backend: str, url: str) -> No
     with tempfile.TemporaryDirectory(prefix="redflag-export-bench-") as directory:
         for fmt in ("parquet", "csv"):
             out = Path(directory) / f"events.{fmt}"
-            _progress(f"export, {backend}: {options.events:,} events to {fmt}")
+            progress(f"export, {backend}: {options.events:,} events to {fmt}")
             result = measure(
                 [
                     python,
@@ -209,7 +209,10 @@ def _run_backend(report: Report, options: Options, backend: str, url: str) -> No
                     baseline=f"read_sql {baseline.seconds:.1f} s",
                     ratio=f"x{baseline.seconds / result.seconds:.1f} faster",
                     target=f"< {TARGET_PARQUET_SECONDS:.0f} s" if is_target else "-",
-                    verdict=_judge(options, result.seconds < TARGET_PARQUET_SECONDS)
+                    verdict=judge(
+                        quick=options.quick,
+                        fast_enough=result.seconds < TARGET_PARQUET_SECONDS,
+                    )
                     if is_target
                     else INFO,
                 )
@@ -235,29 +238,8 @@ def _manifest_rows(out: Path) -> int | None:
     return rows if isinstance(rows, int) else None
 
 
-def _judge(options: Options, fast_enough: bool) -> str:
-    """A --quick run is too small to judge speed; it only proves the export completes."""
-    return INFO if options.quick else verdict(fast_enough)
-
-
-def _progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    report = run(options_from(args))
-    print(report.render())
-    if args.json:
-        args.json.write_text(report.to_json())
-    return 1 if report.failed else 0
+    return run_alone(sys.modules[__name__], "python -m bench.export", argv)
 
 
 if __name__ == "__main__":

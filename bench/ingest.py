@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench import server as srv
-from bench.report import FAIL, INFO, Report, Row, rate, verdict
+from bench.report import FAIL, INFO, Report, Row, judge, progress, rate, run_alone, verdict
 from bench.workload import Workload, hostname_for
 from ingest_api.routes import validate_events
 from ingest_api.service import create_enrollment_token, register_agent
@@ -180,10 +180,10 @@ def _run_backend(backend: str, options: Options, workdir: Path) -> Report:
     report = Report()
     workload = Workload(seed=uuid.uuid4().hex, base_time=datetime.now(UTC))
     single = backend == "sqlite" or options.single_on_postgres
-    _progress(f"{backend}: raw insert ceiling")
+    progress(f"{backend}: raw insert ceiling")
     with srv.fresh_database(backend, workdir=workdir, pg_admin_url=options.pg_admin_url) as url:
         ceiling = _raw_ceiling(url, workload, options, single_rows=single)
-    _progress(f"{backend}: API")
+    progress(f"{backend}: API")
     with srv.fresh_database(backend, workdir=workdir, pg_admin_url=options.pg_admin_url) as url:
         api = _through_api(url, backend, workload, options, workdir, single=single)
     _report_batches(report, backend, options, ceiling, api)
@@ -337,26 +337,26 @@ def _through_api(
             "deadline": 120,
         }
         timeout = 240
-        _progress(f"{backend}: API, batches of {options.batch_size}, first insert")
+        progress(f"{backend}: API, batches of {options.batch_size}, first insert")
         results["first"] = srv.run_load(batch_spec, server, timeout=timeout)
-        _progress(f"{backend}: API, duplicate replay")
+        progress(f"{backend}: API, duplicate replay")
         results["replay"] = srv.run_load(batch_spec, server, timeout=timeout)
         if single:
             closed = {**common, "mode": "closed", "warmup": options.warmup_seconds}
-            _progress(f"{backend}: API, single events, unloaded latency")
+            progress(f"{backend}: API, single events, unloaded latency")
             results["unloaded"] = srv.run_load(
                 {**closed, "concurrency": 1, "duration": min(2.0, options.single_seconds)},
                 server,
                 timeout=timeout,
             )
-            _progress(f"{backend}: API, single events, closed-loop maximum")
+            progress(f"{backend}: API, single events, closed-loop maximum")
             results["closed"] = srv.run_load(
                 {**closed, "concurrency": options.concurrency, "duration": options.single_seconds},
                 server,
                 timeout=timeout,
             )
             half = max(1.0, results["closed"]["requests"] / results["closed"]["elapsed"] / 2)
-            _progress(f"{backend}: API, single events, open loop at {half:,.0f} req/s")
+            progress(f"{backend}: API, single events, open loop at {half:,.0f} req/s")
             results["open"] = srv.run_load(
                 {
                     **common,
@@ -414,7 +414,9 @@ def _report_batches(
             ceiling_text,
             f"{share:.0%}",
             f">= {TARGET_EVENTS_PER_SECOND:,} events/s, no errors",
-            _judge(options, api_rate >= TARGET_EVENTS_PER_SECOND, clean),
+            judge(
+                quick=options.quick, fast_enough=api_rate >= TARGET_EVENTS_PER_SECOND, correct=clean
+            ),
         )
     )
     if backend == "sqlite":
@@ -427,7 +429,7 @@ def _report_batches(
                 ceiling_text,
                 f"{share:.2f}",
                 f">= {TARGET_SHARE_OF_CEILING:.0%}",
-                _judge(options, share >= TARGET_SHARE_OF_CEILING),
+                judge(quick=options.quick, fast_enough=share >= TARGET_SHARE_OF_CEILING),
             )
         )
     cpu = first["cpu"]
@@ -507,7 +509,13 @@ def _report_single(
             f"raw 1-row commit {rate(ceiling.single_rows_per_second, 'tx/s')}",
             f"{rps / ceiling.single_rows_per_second:.0%}",
             f">= {TARGET_SINGLE_RPS} req/s" if targets else "-",
-            _judge(options, rps >= TARGET_SINGLE_RPS, closed["errors"] == 0) if targets else INFO,
+            judge(
+                quick=options.quick,
+                fast_enough=rps >= TARGET_SINGLE_RPS,
+                correct=closed["errors"] == 0,
+            )
+            if targets
+            else INFO,
         )
     )
     achieved = open_["requests"] / open_["elapsed"]
@@ -531,38 +539,19 @@ def _report_single(
             f"unloaded p99 {unloaded['p99_ms']:.1f} ms",
             f"x{open_['p99_ms'] / max(unloaded['p99_ms'], 1e-9):.1f}",
             f"< {TARGET_P99_MS:.0f} ms, no errors" if targets else "-",
-            _judge(options, open_["p99_ms"] < TARGET_P99_MS, open_["errors"] == 0)
+            judge(
+                quick=options.quick,
+                fast_enough=open_["p99_ms"] < TARGET_P99_MS,
+                correct=open_["errors"] == 0,
+            )
             if targets
             else INFO,
         )
     )
 
 
-def _judge(options: Options, fast_enough: bool, correct: bool = True) -> str:
-    """A performance verdict; a --quick run is too small to judge speed, only correctness."""
-    if options.quick:
-        return verdict(correct) if not correct else INFO
-    return verdict(fast_enough and correct)
-
-
-def _progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.ingest",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    report = run(options_from(args))
-    print(report.render())
-    if args.json:
-        args.json.write_text(report.to_json())
-    return 1 if report.failed else 0
+    return run_alone(sys.modules[__name__], "python -m bench.ingest", argv)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,20 @@ The table is Markdown, readable in a terminal and pasteable into docs/PERFORMANC
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import sqlite3
 import subprocess
+import sys
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARIES = (
@@ -169,3 +174,39 @@ def rate(value: float, unit: str) -> str:
 
 def verdict(ok: bool) -> str:
     return PASS if ok else FAIL
+
+
+def judge(*, quick: bool, fast_enough: bool, correct: bool = True) -> str:
+    """A verdict; a --quick run is too small to judge speed, only correctness."""
+    if quick:
+        return INFO if correct else FAIL
+    return verdict(fast_enough and correct)
+
+
+def progress(message: str) -> None:
+    """A line on stderr for the one waiting, apart from the table on stdout."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def finish(report: Report, json_path: Path | None) -> int:
+    """Print the table, keep the JSON if asked; the exit status says whether all targets held."""
+    print(report.render())
+    if json_path:
+        json_path.write_text(report.to_json())
+    return 1 if report.failed else 0
+
+
+def run_alone(benchmark: ModuleType, prog: str, argv: Sequence[str] | None = None) -> int:
+    """`python -m bench.<name>`: one benchmark module, with its own options, its own table."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=benchmark.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    benchmark.add_arguments(parser)
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    report: Report = benchmark.run(benchmark.options_from(args))
+    report.facts["benchmark wall time"] = f"{time.perf_counter() - started:.0f} s"
+    return finish(report, args.json)
