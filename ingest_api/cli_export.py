@@ -18,6 +18,7 @@ from models.database import create_db_engine
 from models.export import (
     DEFAULT_CHUNK_SIZE,
     FORMATS,
+    PARQUET_COMPRESSIONS,
     READERS,
     ExportError,
     export_events,
@@ -73,6 +74,12 @@ def add_export_parser(
     export.add_argument("--fingerprint", metavar="ID", help="error group id")
     export.add_argument("--error-text", metavar="TEXT", help="error message contains TEXT")
     export.add_argument("--limit", type=int, metavar="N", help="only the newest N events")
+    export.add_argument(
+        "--compression",
+        choices=PARQUET_COMPRESSIONS,
+        default="snappy",
+        help="Parquet codec (default snappy, the fastest; zstd writes files about 40%% smaller)",
+    )
     export.add_argument(
         "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N", help=argparse.SUPPRESS
     )
@@ -135,6 +142,7 @@ def run_export(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             progress=not args.no_progress,
             reader=args.reader,
+            compression=args.compression,
         )
     except ExportError as exc:
         raise CommandError(str(exc)) from None

@@ -232,6 +232,37 @@ def test_an_unusable_target_is_an_export_error(
         export_events(fleet_url, fmt="csv", out=tmp_path / target, progress=False)
 
 
+@pytest.mark.parametrize(
+    ("compression", "codec"), [(None, "SNAPPY"), ("zstd", "ZSTD"), ("none", "UNCOMPRESSED")]
+)
+@pytest.mark.parametrize("reader", ["arrow", "frames"])
+def test_parquet_is_snappy_unless_another_codec_is_asked_for(
+    fleet_url: str, tmp_path: Path, compression: str | None, codec: str, reader: str
+) -> None:
+    out = tmp_path / "events.parquet"
+    chosen = {} if compression is None else {"compression": compression}
+    manifest = export_events(
+        fleet_url, fmt="parquet", out=out, progress=False, reader=reader, **chosen
+    )
+
+    metadata = pq.ParquetFile(out).metadata
+    codecs = {
+        metadata.row_group(g).column(c).compression
+        for g in range(metadata.num_row_groups)
+        for c in range(metadata.num_columns)
+    }
+    assert codecs == {codec}
+    assert manifest["compression"] == (compression or "snappy")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out), analytics.events_frame(fleet_url, json_as="text")
+    )
+
+
+def test_an_unknown_compression_is_an_export_error(fleet_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="unknown compression 'rar'"):
+        export_events(fleet_url, fmt="parquet", out=tmp_path / "x.parquet", compression="rar")  # type: ignore[arg-type]
+
+
 def test_an_unknown_format_is_an_export_error(fleet_url: str, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="csv or parquet"):
         export_events(fleet_url, fmt="xlsx", out=tmp_path / "x.xlsx")  # type: ignore[arg-type]

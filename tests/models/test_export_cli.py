@@ -55,6 +55,8 @@ def test_export_of_failed_detections_of_the_last_day(
             "migration_execution_failed",
             "--since",
             "24h",
+            "--compression",
+            "zstd",
             "--no-progress",
         ]
     )
@@ -72,6 +74,7 @@ def test_export_of_failed_detections_of_the_last_day(
     assert list(written["event_pk"]) == list(expected["event_pk"])
     manifest = json.loads((tmp_path / "failed-detections.parquet.manifest.json").read_text())
     assert manifest["rows"] == 3
+    assert manifest["compression"] == "zstd"
     assert manifest["filters"]["event_types"] == (
         "migration_detection_failed,migration_execution_failed"
     )
@@ -130,6 +133,7 @@ def test_every_filter_option_reaches_the_filters() -> None:
         (["--out", "/proc/no/such/dir/x.csv"], "cannot write /proc/no/such/dir/x.csv"),
         (["--agent-id", "not-a-uuid"], "agent_ids: not a UUID"),
         (["--limit", "-1"], "--limit must be zero or more"),
+        (["--compression", "rar"], "invalid choice: 'rar'"),
         (["--status", "exploded"], "invalid choice: 'exploded'"),
     ],
 )
