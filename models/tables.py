@@ -104,7 +104,17 @@ class UpdateEvent(SQLModel, table=True):
         sa.Index(None, "occurred_at"),
         sa.Index(None, "agent_id", "occurred_at"),
         sa.Index(None, "category", "occurred_at"),
-        sa.Index(None, "event_type", "status", "occurred_at"),
+        # Per type/status over time; its tail covers the migration-path matrix (path and
+        # agent of every execution event) so that is read from the index alone.
+        sa.Index(
+            "ix_update_events_type_status_time_path",
+            "event_type",
+            "status",
+            "occurred_at",
+            "migration_from",
+            "migration_to",
+            "agent_id",
+        ),
         # Covers the error-group queries (distinct agents per fingerprint over time, the
         # newest event key); SQLite keeps the key (rowid) in every index by itself.
         sa.Index(None, "fingerprint", "occurred_at", "agent_id", postgresql_include=["id"]),

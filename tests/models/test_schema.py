@@ -37,6 +37,6 @@ def test_console_query_indexes_exist(engine: sa.Engine) -> None:
     assert {
         ("occurred_at",),
         ("agent_id", "occurred_at"),
-        ("event_type", "status", "occurred_at"),
+        ("event_type", "status", "occurred_at", "migration_from", "migration_to", "agent_id"),
         ("fingerprint", "occurred_at", "agent_id"),
     } <= indexed
