@@ -248,12 +248,12 @@ def _converter(
 _MULTI_ROW_INSERTS: weakref.WeakKeyDictionary[Dialect, _MultiRowInsert] = (
     weakref.WeakKeyDictionary()
 )
-# Parameters per statement stay under SQLite's and PostgreSQL's limits (32,766; 65,535).
+# SQLite's VALUES list stays under its limit of 32,766 parameters (16 a row).
 _ROWS_PER_STATEMENT = 1000
 
 
 def _insert_new(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert rows known to be new, a check-in's worth in one statement.
+    """Insert rows known to be new, up to `_ROWS_PER_STATEMENT` in one statement.
 
     ON CONFLICT DO NOTHING keeps even a lost race from storing an event twice; a shortfall
     in the rows the database reports inserted is raised as `ConcurrentInsert`.
