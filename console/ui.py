@@ -18,6 +18,35 @@ from console import links, views
 TABLE_TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss", timezone="UTC")
 
 
+def _minutes(label: str) -> Any:
+    return st.column_config.DatetimeColumn(label, format="YYYY-MM-DD HH:mm", timezone="UTC")
+
+
+# Columns of the tables more than one page shows: the same labels everywhere.
+GROUP_COLUMNS = {
+    "fingerprint": st.column_config.TextColumn("Group", width="small"),
+    "kind": st.column_config.TextColumn("Kind"),
+    "event_type": st.column_config.TextColumn("Event type"),
+    "agents": st.column_config.NumberColumn("Hosts", help="Distinct agents affected"),
+    "events": st.column_config.NumberColumn("Events"),
+    "signature": st.column_config.TextColumn("Signature", width="large"),
+    "sample_message": st.column_config.TextColumn("Latest message", width="large"),
+    "first_event_at": _minutes("First seen"),
+    "last_event_at": _minutes("Last seen"),
+}
+HOST_COLUMNS = {
+    "hostname": st.column_config.TextColumn("Host", pinned=True),
+    "state": st.column_config.TextColumn("Migration state"),
+    "last_seen_at": _minutes("Last check-in"),
+    "stale": st.column_config.CheckboxColumn("Stale"),
+    "os": st.column_config.TextColumn("OS"),
+    "agent_version": st.column_config.TextColumn("Agent version"),
+    "last_error_message": st.column_config.TextColumn("Last error", width="large"),
+    "last_fingerprint": st.column_config.TextColumn("Error group"),
+    "agent_id": None,
+}
+
+
 def field_table(frame: pd.DataFrame, *, alt: str, key: str) -> None:
     """A two-column field/value table (in a container keyed `key`, for tests to find)."""
     with st.container(key=key):

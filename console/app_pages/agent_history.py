@@ -47,19 +47,7 @@ if search.strip() or agent_id is None:
             # Another search is another table, with no row selected yet.
             key="history_hosts_" + hashlib.sha256(search.strip().encode()).hexdigest()[:12],
             height=min(400, 38 + 35 * len(hosts)),
-            column_config={
-                "hostname": st.column_config.TextColumn("Host", pinned=True),
-                "state": st.column_config.TextColumn("Migration state"),
-                "last_seen_at": st.column_config.DatetimeColumn(
-                    "Last check-in", format="YYYY-MM-DD HH:mm", timezone="UTC"
-                ),
-                "stale": st.column_config.CheckboxColumn("Stale"),
-                "os": st.column_config.TextColumn("OS"),
-                "agent_version": st.column_config.TextColumn("Agent version"),
-                "last_error_message": st.column_config.TextColumn("Last error", width="large"),
-                "last_fingerprint": st.column_config.TextColumn("Error group"),
-                "agent_id": None,
-            },
+            column_config=ui.HOST_COLUMNS,
             alt="Hosts matching the search",
         )
         caption = (

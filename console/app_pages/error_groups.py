@@ -53,21 +53,7 @@ else:
         selection_default={"selection": {"rows": linked_rows[:1]}} if linked_rows else None,
         key=f"groups_table_{time_range}_{category}",
         height=min(420, 38 + 35 * len(groups)),
-        column_config={
-            "fingerprint": st.column_config.TextColumn("Group", width="small"),
-            "kind": st.column_config.TextColumn("Kind"),
-            "event_type": st.column_config.TextColumn("Event type"),
-            "agents": st.column_config.NumberColumn("Hosts", help="Distinct agents affected"),
-            "events": st.column_config.NumberColumn("Events"),
-            "signature": st.column_config.TextColumn("Signature", width="large"),
-            "sample_message": st.column_config.TextColumn("Latest message", width="large"),
-            "first_event_at": st.column_config.DatetimeColumn(
-                "First seen", format="YYYY-MM-DD HH:mm", timezone="UTC"
-            ),
-            "last_event_at": st.column_config.DatetimeColumn(
-                "Last seen", format="YYYY-MM-DD HH:mm", timezone="UTC"
-            ),
-        },
+        column_config=ui.GROUP_COLUMNS,
         alt="Error groups, most affected hosts first",
     )
     rows = picked.selection.rows if picked else []

@@ -29,30 +29,6 @@ KPIS = (
     ("Stale", "stale", "No check-in for three check-in intervals, or never."),
 )  # fmt: skip
 
-GROUP_COLUMNS = {
-    "fingerprint": st.column_config.TextColumn("Group", width="small"),
-    "kind": st.column_config.TextColumn("Kind"),
-    "event_type": st.column_config.TextColumn("Event type"),
-    "agents": st.column_config.NumberColumn("Hosts", help="Distinct agents affected"),
-    "events": st.column_config.NumberColumn("Events"),
-    "signature": st.column_config.TextColumn("Signature", width="large"),
-    "sample_message": st.column_config.TextColumn("Latest message", width="large"),
-    "first_event_at": ui.TABLE_TIME,
-    "last_event_at": ui.TABLE_TIME,
-}
-HOST_COLUMNS = {
-    "hostname": st.column_config.TextColumn("Host", pinned=True),
-    "state": st.column_config.TextColumn("State"),
-    "last_seen_at": st.column_config.DatetimeColumn(
-        "Last check-in", format="YYYY-MM-DD HH:mm", timezone="UTC"
-    ),
-    "stale": st.column_config.CheckboxColumn("Stale"),
-    "os": st.column_config.TextColumn("OS"),
-    "agent_version": st.column_config.TextColumn("Agent version"),
-    "last_error_message": st.column_config.TextColumn("Last error", width="large"),
-    "last_fingerprint": st.column_config.TextColumn("Error group"),
-    "agent_id": None,
-}
 PATH_COLUMNS = {
     "migration_from": st.column_config.TextColumn("From", width="medium"),
     "migration_to": st.column_config.TextColumn("To", width="medium"),
@@ -153,7 +129,7 @@ def overview() -> None:
             on_select="rerun",
             selection_mode="single-row",
             key="overview_groups",
-            column_config=GROUP_COLUMNS,
+            column_config=ui.GROUP_COLUMNS,
             alt="The error groups with the most affected agents",
         )
         with st.container(horizontal=True):
@@ -193,7 +169,7 @@ def overview() -> None:
         on_select="rerun",
         selection_mode="single-row",
         key="overview_hosts",
-        column_config=HOST_COLUMNS,
+        column_config=ui.HOST_COLUMNS,
         alt="Hosts in the chosen migration state",
     )
     if total > len(hosts):
