@@ -60,7 +60,7 @@ from bench.workload import _MIX, hostname_for
 from models.database import create_db_engine, write_transaction
 from models.fingerprint import fingerprint
 from models.schema import upgrade_database
-from models.store import migration_summary
+from models.store import NEW_AGENT_SUMMARY, migration_summary
 from models.tables import AGENT_TABLE
 from models.types import dumps_json
 from models.vocabulary import (
@@ -724,14 +724,7 @@ class _Fleet:
                     "created_at": self.created[i],
                     "last_seen_at": seen,
                     "system_info": info if seen else {},
-                    "migration_state": MigrationState.NEVER_REPORTED,
-                    "migration_state_at": None,
-                    "ever_migrated": False,
-                    "last_migration_event_type": None,
-                    "last_migration_from": None,
-                    "last_migration_to": None,
-                    "last_error_message": None,
-                    "last_fingerprint": None,
+                    **NEW_AGENT_SUMMARY,
                     **summary,
                 }
             )

@@ -13,6 +13,7 @@ from datetime import datetime
 from functools import partial
 from itertools import chain
 from operator import itemgetter
+from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
@@ -81,6 +82,22 @@ class ConcurrentInsert(Exception):
 
 class InactiveAgent(Exception):
     """The agent is unknown, or revoked while its caller asked to refuse revoked agents."""
+
+
+# An agent's migration summary before any of its migration events is stored (the agent
+# table's defaults); `migration_summary` moves it on from there.
+NEW_AGENT_SUMMARY: Mapping[str, Any] = MappingProxyType(
+    {
+        "migration_state": MigrationState.NEVER_REPORTED,
+        "migration_state_at": None,
+        "ever_migrated": False,
+        "last_migration_event_type": None,
+        "last_migration_from": None,
+        "last_migration_to": None,
+        "last_error_message": None,
+        "last_fingerprint": None,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

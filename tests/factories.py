@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from models.store import NEW_AGENT_SUMMARY
 from models.vocabulary import EventType, kind_of
 
 
@@ -72,14 +73,7 @@ def agent_row(**overrides: Any) -> dict[str, Any]:
         "created_at": datetime.now(UTC),
         "last_seen_at": None,
         "system_info": {},
-        "migration_state": "never_reported",
-        "migration_state_at": None,
-        "ever_migrated": False,
-        "last_migration_event_type": None,
-        "last_migration_from": None,
-        "last_migration_to": None,
-        "last_error_message": None,
-        "last_fingerprint": None,
+        **NEW_AGENT_SUMMARY,
     }
     row.update(overrides)
     return row

@@ -15,7 +15,7 @@ from bench.seed import SeedSummary, seed_database
 from models import analytics
 from models.database import create_db_engine, write_transaction
 from models.schema import schema_drift
-from models.store import store_events
+from models.store import NEW_AGENT_SUMMARY, store_events
 from models.tables import AGENT_TABLE
 from models.vocabulary import Category, Status
 from models.wire import Event
@@ -98,7 +98,7 @@ def test_seeded_rows_equal_what_ingest_stores_for_the_same_events(
         with write_transaction(replay) as connection:
             connection.execute(
                 sa.insert(AGENT_TABLE),
-                [{**agent, **_NEW_AGENT_SUMMARY} for agent in agents],
+                [{**agent, **NEW_AGENT_SUMMARY} for agent in agents],
             )
             for agent in agents:
                 store_events(
@@ -124,18 +124,6 @@ def test_seeded_rows_equal_what_ingest_stores_for_the_same_events(
         seeded_rows[[*key, *DERIVED_COLUMNS]], replayed_rows[[*key, *DERIVED_COLUMNS]]
     )
     assert set(seeded_rows["category"]) == {Category.MIGRATION.value, Category.UPDATE.value}
-
-
-_NEW_AGENT_SUMMARY: dict[str, Any] = {
-    "migration_state": "never_reported",
-    "migration_state_at": None,
-    "ever_migrated": False,
-    "last_migration_event_type": None,
-    "last_migration_from": None,
-    "last_migration_to": None,
-    "last_error_message": None,
-    "last_fingerprint": None,
-}
 
 
 def _wire_event(row: Any) -> Event:
