@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -117,7 +118,13 @@ def served_app() -> FastAPI:
     from ingest_api.app import create_app  # the other commands need no FastAPI
 
     sys.setswitchinterval(SERVER_SWITCH_INTERVAL_SECONDS)
-    return create_app()
+    app = create_app()
+    # Everything alive now (modules, schemas, the app) lives as long as the process: kept
+    # out of the collector's full passes, which otherwise walk it every few check-ins as
+    # parsing allocates. CPU per event stored fell from 119 to 82-91 us in bench/ingest.py.
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def _serve(args: argparse.Namespace) -> int:
