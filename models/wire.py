@@ -9,7 +9,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Self
 from uuid import UUID
@@ -107,8 +107,10 @@ def _plainly_within(value: dict[str, Any], max_bytes: int, max_depth: int) -> bo
     )
 
 
-def bounded_json(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> AfterValidator:
-    """A validator for a JSON object column: cleaned text, bounded depth and size."""
+def json_object_check(
+    max_bytes: int, max_depth: int = MAX_JSON_DEPTH
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The check of a JSON object column: cleaned text, bounded depth and size."""
 
     def check(value: dict[str, Any]) -> dict[str, Any]:
         if _plainly_within(value, max_bytes, max_depth):
@@ -119,7 +121,12 @@ def bounded_json(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> AfterValida
             raise ValueError(f"is {size} bytes of JSON, more than the limit of {max_bytes}")
         return cleaned
 
-    return AfterValidator(check)
+    return check
+
+
+def bounded_json(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> AfterValidator:
+    """`json_object_check` as a validator of an annotated type."""
+    return AfterValidator(json_object_check(max_bytes, max_depth))
 
 
 def truncate_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
@@ -136,10 +143,13 @@ def truncate_utf8(text: str, max_bytes: int) -> tuple[str, bool]:
 
 
 CleanStr = Annotated[str, AfterValidator(clean_text)]
-ShortText = Annotated[CleanStr, StringConstraints(max_length=MAX_MIGRATION_LABEL_CHARS)]
-SystemInfo = Annotated[dict[str, Any], bounded_json(MAX_SYSTEM_INFO_BYTES)]
-Details = Annotated[dict[str, Any], bounded_json(MAX_DETAILS_BYTES)]
+# Lengths of labels; a model that cleans text applies them to the cleaned text (pydantic-core
+# cannot measure text holding a lone surrogate), one that needs no cleaning to str itself.
+LABEL_LENGTH = StringConstraints(max_length=MAX_MIGRATION_LABEL_CHARS)
+AGENT_VERSION_LENGTH = StringConstraints(min_length=1, max_length=64)
 Metadata = Annotated[dict[str, Any], bounded_json(MAX_METADATA_BYTES)]
+_check_system_info = json_object_check(MAX_SYSTEM_INFO_BYTES)
+_check_details = json_object_check(MAX_DETAILS_BYTES)
 
 
 class _Strict(BaseModel):
@@ -147,47 +157,74 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class Event(_Strict):
-    """One outcome an agent reports: a migration step or a regular update event."""
+class EventFields(_Strict):
+    """An event's fields, with the checks pydantic-core makes of them by itself.
+
+    `Event` adds the checks written in Python (`check_event`). A check-in body without a
+    bad event is validated straight from its bytes into these and the same checks are made
+    in one pass over the events (`parse_plain_checkin`), which costs the ingest API less
+    than half of what validating parsed JSON event by event does.
+    """
 
     event_id: UUID
     event_type: EventType
     status: Status
-    error_message: CleanStr | None = None
+    error_message: str | None = None
     error_truncated: bool = False
-    migration_from: ShortText | None = None
-    migration_to: ShortText | None = None
+    migration_from: Annotated[str, LABEL_LENGTH] | None = None
+    migration_to: Annotated[str, LABEL_LENGTH] | None = None
     timestamp: AwareDatetime
-    system_info: SystemInfo = Field(default_factory=dict)
-    details: Details = Field(default_factory=dict)
+    system_info: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("timestamp")
-    @classmethod
-    def _plausible_time(cls, value: datetime) -> datetime:
-        try:
-            utc = value.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("is out of range") from None
-        if utc < EARLIEST_EVENT_TIME:
-            raise ValueError(f"is before {EARLIEST_EVENT_TIME:%Y-%m-%d}")
-        # Plain seconds: no datetimes made for a check that runs for every event.
-        if utc.timestamp() > time.time() + MAX_CLOCK_SKEW.total_seconds():
-            raise ValueError("is more than a day ahead of the server's clock")
-        return utc
+
+def plausible_time(value: datetime) -> datetime:
+    """The time in UTC, if an agent can have reported it; ValueError otherwise."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+    if utc < EARLIEST_EVENT_TIME:
+        raise ValueError(f"is before {EARLIEST_EVENT_TIME:%Y-%m-%d}")
+    # Plain seconds: no datetimes made for a check that runs for every event.
+    if utc.timestamp() > time.time() + MAX_CLOCK_SKEW.total_seconds():
+        raise ValueError("is more than a day ahead of the server's clock")
+    return utc
+
+
+def agree_with_vocabulary(event: EventFields) -> None:
+    """Check the status against the event type and cut an overlong error message, in place."""
+    expected = kind_of(event.event_type).status
+    if event.status is not expected:
+        raise ValueError(
+            f"status {event.status.value!r} does not agree with event_type "
+            f"{event.event_type.value!r}, which must be {expected.value!r}"
+        )
+    if event.status is Status.FAILED and not (event.error_message or "").strip():
+        raise ValueError("error_message is required when status is 'failed'")
+    if event.error_message is not None:
+        event.error_message, cut = truncate_utf8(event.error_message, MAX_ERROR_MESSAGE_BYTES)
+        event.error_truncated = event.error_truncated or cut
+
+
+def _clean_optional(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
+
+
+class Event(EventFields):
+    """One outcome an agent reports: a migration step or a regular update event."""
+
+    migration_from: Annotated[CleanStr, LABEL_LENGTH] | None = None
+    migration_to: Annotated[CleanStr, LABEL_LENGTH] | None = None
+
+    _clean = field_validator("error_message")(_clean_optional)
+    _system_info = field_validator("system_info")(_check_system_info)
+    _details = field_validator("details")(_check_details)
+    _time = field_validator("timestamp")(plausible_time)
 
     @model_validator(mode="after")
     def _agree_with_vocabulary(self) -> Self:
-        expected = kind_of(self.event_type).status
-        if self.status is not expected:
-            raise ValueError(
-                f"status {self.status.value!r} does not agree with event_type "
-                f"{self.event_type.value!r}, which must be {expected.value!r}"
-            )
-        if self.status is Status.FAILED and not (self.error_message or "").strip():
-            raise ValueError("error_message is required when status is 'failed'")
-        if self.error_message is not None:
-            self.error_message, cut = truncate_utf8(self.error_message, MAX_ERROR_MESSAGE_BYTES)
-            self.error_truncated = self.error_truncated or cut
+        agree_with_vocabulary(self)
         return self
 
 
@@ -201,12 +238,60 @@ RawEvent = Annotated[
 ]
 
 
-class CheckinRequest(_Strict):
+class CheckinFields(_Strict):
+    """The check-in envelope's fields besides its events, with pydantic-core's checks."""
+
+    agent_version: Annotated[str, AGENT_VERSION_LENGTH]
+    system_info: dict[str, Any] | None = None
+
+
+def _optional_system_info(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else _check_system_info(value)
+
+
+class CheckinRequest(CheckinFields):
     """The check-in envelope. Events stay raw here: each is validated on its own."""
 
-    agent_version: Annotated[CleanStr, StringConstraints(min_length=1, max_length=64)]
-    system_info: SystemInfo | None = None
+    agent_version: Annotated[CleanStr, AGENT_VERSION_LENGTH]
     events: list[RawEvent] = Field(default_factory=list, max_length=MAX_EVENTS_PER_CHECKIN)
+
+    _system_info = field_validator("system_info")(_optional_system_info)
+
+
+class PlainCheckin(CheckinFields):
+    """A check-in whose every event is valid, as `parse_plain_checkin` returns it."""
+
+    events: list[EventFields] = Field(default_factory=list, max_length=MAX_EVENTS_PER_CHECKIN)
+
+
+def check_event(event: EventFields) -> None:
+    """The checks `Event` adds to its fields, made in place on validated fields."""
+    event.timestamp = plausible_time(event.timestamp)
+    event.system_info = _check_system_info(event.system_info)
+    event.details = _check_details(event.details)
+    agree_with_vocabulary(event)
+
+
+def parse_plain_checkin(body: bytes) -> PlainCheckin | None:
+    """The check-in in a JSON body, with exactly the values that validating it as a
+    `CheckinRequest` and then each event as an `Event` gives, if every event is valid and
+    no text needs cleaning; None for anything else, which the caller validates that way to
+    learn what is wrong with which event.
+
+    The text needs no cleaning: a body without a NUL escape cannot hold a NUL (JSON has no
+    raw control characters in strings), and pydantic-core's JSON parser refuses lone
+    surrogates.
+    """
+    if b"\\u0000" in body:
+        return None
+    try:
+        checkin = PlainCheckin.model_validate_json(body)
+        checkin.system_info = _optional_system_info(checkin.system_info)
+        for event in checkin.events:
+            check_event(event)
+    except ValueError:  # pydantic's ValidationError is one
+        return None
+    return checkin
 
 
 class RejectedEvent(BaseModel):
