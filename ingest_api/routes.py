@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -21,13 +21,16 @@ from ingest_api.runtime import Runtime
 from ingest_api.service import Unauthorized, agent_for_token, hash_token, register_agent
 from models.store import Checkin, ConcurrentInsert, InactiveAgent
 from models.wire import (
+    CheckinFields,
     CheckinRequest,
     CheckinResponse,
     Event,
+    EventFields,
     RegistrationRequest,
     RegistrationResponse,
     RejectedEvent,
     describe_validation_error,
+    parse_plain_checkin,
 )
 
 
@@ -77,15 +80,22 @@ class _FastJSONRequest(Request):
 
 
 class FastJSONRoute(APIRoute):
-    """A route whose JSON body is read by `parse_json_body`; everything else is FastAPI's."""
+    """A route whose JSON body is read by `parse_json_body`, and which may answer requests
+    of the most common kind itself (`answer_plain_request`); everything else is FastAPI's."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route_handler(request: Request) -> Response:
-            return await handler(_FastJSONRequest(request.scope, request.receive))
+            request = _FastJSONRequest(request.scope, request.receive)
+            response = await self.answer_plain_request(request)
+            return response if response is not None else await handler(request)
 
         return route_handler
+
+    async def answer_plain_request(self, request: Request) -> Response | None:
+        """The response to a request this route answers without FastAPI; None for the rest."""
+        return None
 
 
 router = APIRouter(route_class=FastJSONRoute)
@@ -177,8 +187,59 @@ def register(
     )
 
 
-@router.post(
+class CheckinRoute(FastJSONRoute):
+    """The check-in route. It answers the common check-in itself: a token proven in the last
+    few seconds (`authenticated_agent`'s cache) for the agent in the path, and a JSON body
+    whose every event is valid, validated straight from its bytes (`parse_plain_checkin`).
+    That skips FastAPI's dependency and body handling, which cost more than storing the
+    events. Any other request (a token to look up, an odd body, a bad event) goes through
+    FastAPI, which answers it as the contract says; both store with `store_checkin`.
+    """
+
+    async def answer_plain_request(self, request: Request) -> Response | None:
+        runtime: Runtime = request.app.state.runtime
+        agent_id = _canonical_uuid(request.path_params.get("agent_id", ""))
+        token = _bearer_token(request.headers.get("authorization"))
+        if agent_id is None or token is None:
+            return None
+        if runtime.agent_tokens.get(hash_token(token)) != agent_id:
+            return None
+        if request.headers.get("content-type", "").partition(";")[0].strip() != "application/json":
+            return None
+        checkin = parse_plain_checkin(await request.body())
+        if checkin is None:
+            return None
+        result = await store_checkin(runtime, agent_id, checkin, checkin.events, [])
+        return Response(result.model_dump_json(), media_type="application/json")
+
+
+def _canonical_uuid(text: str) -> UUID | None:
+    """The UUID written in its canonical form (what agents send); None for anything else."""
+    try:
+        value = UUID(text)
+    except ValueError:
+        return None
+    return value if str(value) == text.lower() else None
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an `Authorization: Bearer <token>` header, as HTTPBearer reads them."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> CheckinResponse:
+    """Store a batch of events; bad events are listed in `rejected`, good ones are kept."""
+    valid, rejected = validate_events(body.events)
+    return await store_checkin(runtime, agent_id, body, valid, rejected)
+
+
+# Added, not decorated: the decorators cannot choose a route's class.
+router.add_api_route(
     "/api/v1/agents/{agent_id}/checkin",
+    checkin,
+    methods=["POST"],
+    route_class_override=CheckinRoute,
     response_model=CheckinResponse,
     responses={
         401: UNAUTHORIZED,
@@ -188,8 +249,16 @@ def register(
         503: UNAVAILABLE,
     },
 )
-async def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep) -> CheckinResponse:
-    """Store a batch of events; bad events are listed in `rejected`, good ones are kept."""
+
+
+async def store_checkin(
+    runtime: Runtime,
+    agent_id: UUID,
+    envelope: CheckinFields,
+    valid: Sequence[EventFields],
+    rejected: list[RejectedEvent],
+) -> CheckinResponse:
+    """Store a proven agent's validated events, within its rate limit, and say how it went."""
     wait = runtime.rate_limiter.acquire(agent_id)
     if wait > 0:
         raise HTTPException(
@@ -197,9 +266,8 @@ async def checkin(agent_id: AgentDep, body: CheckinRequest, runtime: RuntimeDep)
             detail="check-in rate exceeded",
             headers={"Retry-After": str(math.ceil(wait))},
         )
-    valid, rejected = validate_events(body.events)
     received_at = datetime.now(UTC)
-    checkin = Checkin(agent_id, valid, received_at, body.agent_version, body.system_info)
+    checkin = Checkin(agent_id, valid, received_at, envelope.agent_version, envelope.system_info)
     try:
         result = await runtime.checkin_writer.store(checkin)
     except InactiveAgent:

@@ -1,0 +1,123 @@
+"""The check-in route's plain lane answers exactly as FastAPI's handling of the route does.
+
+An agent's first check-in goes through FastAPI (its token is looked up and cached); the
+next ones, with a clean body, are answered by `CheckinRoute.answer_plain_request`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+
+import ingest_api.routes as routes
+from ingest_api.app import create_app
+from models.settings import Settings
+from models.vocabulary import EventType
+from tests.factories import registration, wire_event
+from tests.ingest_api.conftest import RegisteredAgent
+
+
+@pytest.fixture
+def plain_answers(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """One entry per check-in body the plain lane parsed: whether it answered it."""
+    seen: list[bool] = []
+    parse = routes.parse_plain_checkin
+
+    def spy(body: bytes) -> Any:
+        checkin = parse(body)
+        seen.append(checkin is not None)
+        return checkin
+
+    monkeypatch.setattr(routes, "parse_plain_checkin", spy)
+    return seen
+
+
+def _shape(response: Any) -> tuple[int, str, dict[str, Any]]:
+    body = response.json()
+    body.pop("server_time")
+    return response.status_code, response.headers["content-type"], body
+
+
+def test_the_second_check_in_takes_the_plain_lane_and_gets_the_same_answer(
+    agent: RegisteredAgent, plain_answers: list[bool]
+) -> None:
+    first = [wire_event(), wire_event(EventType.UPDATE_INSTALLED)]
+    second = [wire_event(), wire_event(EventType.UPDATE_INSTALLED)]
+
+    through_fastapi = agent.checkin(first)
+    assert plain_answers == []  # the token was not known yet
+    through_plain = agent.checkin(second)
+    assert plain_answers == [True]
+
+    assert _shape(through_plain) == _shape(through_fastapi)
+    assert through_plain.json()["server_time"].endswith("Z")
+    replay = agent.checkin(first)
+    assert plain_answers == [True, True]
+    assert (replay.json()["accepted"], replay.json()["duplicates"]) == (0, 2)
+
+
+def test_a_bad_event_is_answered_by_fastapi_with_the_rest_stored(
+    agent: RegisteredAgent, plain_answers: list[bool]
+) -> None:
+    agent.checkin([])
+    response = agent.checkin([wire_event(), {"event_id": "nope"}])
+    assert plain_answers == [False]
+    body = response.json()
+    assert (response.status_code, body["accepted"], len(body["rejected"])) == (200, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("path_id", "headers", "status"),
+    [
+        ("hex", {}, 200),
+        ("other", {}, 403),
+        ("own", {"Content-Type": "text/plain"}, 422),
+        ("own", {"Authorization": "Basic abc"}, 401),
+        ("own", {"Authorization": "Bearer"}, 401),
+    ],
+)
+def test_requests_the_plain_lane_does_not_know_are_answered_by_fastapi(
+    register: Any, plain_answers: list[bool], path_id: str, headers: dict[str, str], status: int
+) -> None:
+    agent, other = register(), register(hostname="web-02")
+    assert agent.checkin([]).status_code == 200
+    agent_id = {
+        "own": agent.agent_id,
+        "hex": agent.agent_id.replace("-", ""),
+        "other": other.agent_id,
+    }
+    response = agent.client.post(
+        f"/api/v1/agents/{agent_id[path_id]}/checkin",
+        content=b'{"agent_version": "0.2.0", "events": []}',
+        headers={**agent.headers, "Content-Type": "application/json", **headers},
+    )
+    assert response.status_code == status, response.text
+    assert plain_answers == []
+
+
+@pytest.fixture
+def strict_client(engine: Engine) -> Iterator[TestClient]:
+    settings = Settings(rate_limit_per_minute=1, rate_limit_burst=2)
+    with TestClient(create_app(settings=settings, engine=engine)) as client:
+        yield client
+
+
+def test_the_rate_limit_holds_in_the_plain_lane(
+    strict_client: TestClient, enrollment_token: Any, plain_answers: list[bool]
+) -> None:
+    registered = strict_client.post(
+        "/api/v1/agents/register",
+        json=registration(),
+        headers={"Authorization": f"Bearer {enrollment_token()}"},
+    ).json()
+    agent = RegisteredAgent(registered["agent_id"], registered["agent_token"], strict_client)
+    assert agent.checkin([wire_event()]).status_code == 200
+    assert agent.checkin([wire_event()]).status_code == 200
+    refused = agent.checkin([wire_event()])
+    assert plain_answers == [True, True]
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) >= 1
