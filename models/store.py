@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from itertools import chain
-from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 from uuid import UUID
@@ -32,7 +31,7 @@ from models.vocabulary import (
     migration_state_after,
     severity_for,
 )
-from models.wire import Event
+from models.wire import EventFields
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,34 +40,66 @@ class StoreResult:
     duplicates: int
 
 
-def event_row(
-    event: Event, *, agent_id: UUID, hostname: str, received_at: datetime
-) -> dict[str, Any]:
-    """The `update_events` row for a validated event, with the server's derived fields."""
+# The columns a stored event fills (all but the key), in the order `_event_values` gives.
+EVENT_ROW_KEYS: tuple[str, ...] = (
+    "agent_id",
+    "event_id",
+    "event_type",
+    "category",
+    "phase",
+    "status",
+    "severity",
+    "error_message",
+    "error_truncated",
+    "fingerprint",
+    "migration_from",
+    "migration_to",
+    "occurred_at",
+    "received_at",
+    "system_info",
+    "details",
+)
+_SEVERITY = {status: severity_for(status) for status in Status}
+# Enum members looked up once: on Python 3.11 each `Status.SUCCESS` costs a descriptor call.
+_SUCCESS = Status.SUCCESS
+_MIGRATION = Category.MIGRATION
+
+
+def _event_values(
+    event: EventFields, agent_id: UUID, hostname: str, received_at: datetime
+) -> tuple[Any, ...]:
     kind = kind_of(event.event_type)
-    has_error = event.error_message is not None and event.status is not Status.SUCCESS
-    return {
-        "agent_id": agent_id,
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "category": kind.category,
-        "phase": kind.phase,
-        "status": event.status,
-        "severity": severity_for(event.status),
-        "error_message": event.error_message,
-        "error_truncated": event.error_truncated,
-        "fingerprint": (
-            fingerprint(event.event_type.value, event.error_message or "", hostname=hostname)
-            if has_error
+    message = event.error_message
+    return (
+        agent_id,
+        event.event_id,
+        event.event_type,
+        kind.category,
+        kind.phase,
+        event.status,
+        _SEVERITY[event.status],
+        message,
+        event.error_truncated,
+        (
+            fingerprint(event.event_type.value, message, hostname=hostname)
+            if message is not None and event.status is not _SUCCESS
             else None
         ),
-        "migration_from": event.migration_from,
-        "migration_to": event.migration_to,
-        "occurred_at": event.timestamp,
-        "received_at": received_at,
-        "system_info": event.system_info,
-        "details": event.details,
-    }
+        event.migration_from,
+        event.migration_to,
+        event.timestamp,
+        received_at,
+        event.system_info,
+        event.details,
+    )
+
+
+def event_row(
+    event: EventFields, *, agent_id: UUID, hostname: str, received_at: datetime
+) -> dict[str, Any]:
+    """The `update_events` row for a validated event, with the server's derived fields."""
+    values = _event_values(event, agent_id, hostname, received_at)
+    return dict(zip(EVENT_ROW_KEYS, values, strict=True))
 
 
 class ConcurrentInsert(Exception):
@@ -105,7 +136,7 @@ class Checkin:
     """One agent's check-in: its validated events and what it says about itself."""
 
     agent_id: UUID
-    events: Sequence[Event]
+    events: Sequence[EventFields]
     received_at: datetime
     agent_version: str | None = None
     system_info: dict[str, Any] | None = None
@@ -208,7 +239,7 @@ class _MultiRowInsert:
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> _MultiRowInsert:
-        keys = tuple(column.name for column in EVENTS.c if column.name != "id")
+        keys = EVENT_ROW_KEYS
         quote = dialect.identifier_preparer.quote
         head = f"INSERT INTO {quote(EVENTS.name)} ({', '.join(map(quote, keys))}) "
         # The conflict target is named so that any other constraint violation raises.
@@ -229,9 +260,10 @@ class _MultiRowInsert:
             ),
         )
 
-    def statement(self, rows: Sequence[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
+    def statement(self, rows: Sequence[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
+        """The statement and its parameters for rows of values in `EVENT_ROW_KEYS` order."""
         # Column by column, so that the loops run in C and only the processors in Python.
-        columns = zip(*map(itemgetter(*self.keys), rows), strict=True)
+        columns = zip(*rows, strict=True)
         encoded = [
             values if convert is None else convert(values)
             for values, convert in zip(columns, self.converters, strict=True)
@@ -242,9 +274,12 @@ class _MultiRowInsert:
         return sql, tuple(chain.from_iterable(zip(*encoded, strict=True)))
 
 
-# Columns whose value is the same for every event of a check-in: each distinct value is
-# converted once per statement.
-_SHARED_BY_A_CHECKIN = frozenset({"agent_id", "received_at"})
+# Columns with few distinct values in a statement (the same for every event of a check-in,
+# or one of a few enum members): each distinct value is converted once per statement.
+_FEW_VALUES = frozenset(
+    {"agent_id", "received_at", "event_type", "category", "phase", "status", "severity"}
+    | {"error_truncated"}
+)
 
 
 def _converter(
@@ -252,7 +287,7 @@ def _converter(
 ) -> Callable[[Sequence[Any]], Iterable[Any]] | None:
     if process is None:
         return None
-    if key not in _SHARED_BY_A_CHECKIN:
+    if key not in _FEW_VALUES:
         return partial(map, process)
 
     def convert_each_distinct_value_once(values: Sequence[Any]) -> list[Any]:
@@ -269,7 +304,7 @@ _MULTI_ROW_INSERTS: weakref.WeakKeyDictionary[Dialect, _MultiRowInsert] = (
 _ROWS_PER_STATEMENT = 1000
 
 
-def _insert_new(connection: Connection, rows: list[dict[str, Any]]) -> None:
+def _insert_new(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
     """Insert rows known to be new, up to `_ROWS_PER_STATEMENT` in one statement.
 
     ON CONFLICT DO NOTHING keeps even a lost race from storing an event twice; a shortfall
@@ -291,7 +326,7 @@ def store_events(
     connection: Connection,
     *,
     agent_id: UUID,
-    events: Sequence[Event],
+    events: Sequence[EventFields],
     received_at: datetime,
     agent_version: str | None = None,
     system_info: dict[str, Any] | None = None,
@@ -332,7 +367,7 @@ def store_checkins(
     # the agent's row is locked on PostgreSQL, and SQLite has one writer at a time.
     keys = [(checkin.agent_id, event.event_id) for checkin in live for event in checkin.events]
     stored = _already_stored(connection, keys) if keys else set()
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     changes_by_agent: dict[UUID, dict[str, Any]] = {}
     outcomes: list[StoreResult | InactiveAgent] = []
     for checkin in checkins:
@@ -346,12 +381,7 @@ def store_checkins(
             if key not in stored:
                 stored.add(key)
                 new_rows.append(
-                    event_row(
-                        event,
-                        agent_id=checkin.agent_id,
-                        hostname=agent["hostname"],
-                        received_at=checkin.received_at,
-                    )
+                    _event_values(event, checkin.agent_id, agent["hostname"], checkin.received_at)
                 )
         rows += new_rows
         changes = _agent_changes(agent, checkin, new_rows)
@@ -373,15 +403,22 @@ def _lock_agents(connection: Connection, agent_ids: set[UUID]) -> dict[UUID, dic
     return {row["id"]: dict(row) for row in result}
 
 
+_CATEGORY = EVENT_ROW_KEYS.index("category")
+
+
 def _agent_changes(
-    agent: dict[str, Any], checkin: Checkin, new_rows: Sequence[dict[str, Any]]
+    agent: dict[str, Any], checkin: Checkin, new_rows: Sequence[tuple[Any, ...]]
 ) -> dict[str, Any]:
     changes: dict[str, Any] = {"last_seen_at": checkin.received_at}
     if checkin.agent_version is not None:
         changes["agent_version"] = checkin.agent_version
     if checkin.system_info is not None:
         changes["system_info"] = checkin.system_info
-    new_migration_rows = [row for row in new_rows if row["category"] is Category.MIGRATION]
+    new_migration_rows = [
+        dict(zip(EVENT_ROW_KEYS, row, strict=True))
+        for row in new_rows
+        if row[_CATEGORY] is _MIGRATION
+    ]
     changes.update(migration_summary(agent, new_migration_rows))
     return changes
 
