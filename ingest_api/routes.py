@@ -18,8 +18,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ingest_api.runtime import Runtime
-from ingest_api.service import Unauthorized, agent_for_token, hash_token, register_agent
-from models.store import Checkin, ConcurrentInsert, InactiveAgent
+from ingest_api.service import (
+    TokenOwner,
+    Unauthorized,
+    hash_token,
+    register_agent,
+    token_owner,
+)
+from models.store import Checkin, ConcurrentInsert, InactiveAgent, prepare_rows
 from models.wire import (
     CheckinFields,
     CheckinRequest,
@@ -136,14 +142,14 @@ async def authenticated_agent(agent_id: UUID, credentials: BearerDep, runtime: R
         except Unauthorized as exc:
             raise _unauthorized(str(exc)) from None
         runtime.agent_tokens.put(token_hash, owner)
-    if owner != agent_id:
+    if owner.agent_id != agent_id:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this token belongs to another agent")
     return agent_id
 
 
-def _token_owner(runtime: Runtime, token_hash: str) -> UUID:
+def _token_owner(runtime: Runtime, token_hash: str) -> TokenOwner:
     with runtime.engine.connect() as connection:
-        return agent_for_token(connection, token_hash=token_hash)
+        return token_owner(connection, token_hash=token_hash)
 
 
 AgentDep = Annotated[UUID, Depends(authenticated_agent)]
@@ -202,14 +208,17 @@ class CheckinRoute(FastJSONRoute):
         token = _bearer_token(request.headers.get("authorization"))
         if agent_id is None or token is None:
             return None
-        if runtime.agent_tokens.get(hash_token(token)) != agent_id:
+        owner = runtime.agent_tokens.get(hash_token(token))
+        if owner is None or owner.agent_id != agent_id:
             return None
         if request.headers.get("content-type", "").partition(";")[0].strip() != "application/json":
             return None
         checkin = parse_plain_checkin(await request.body())
         if checkin is None:
             return None
-        result = await store_checkin(runtime, agent_id, checkin, checkin.events, [])
+        result = await store_checkin(
+            runtime, agent_id, checkin, checkin.events, [], hostname=owner.hostname
+        )
         return Response(result.model_dump_json(), media_type="application/json")
 
 
@@ -257,8 +266,14 @@ async def store_checkin(
     envelope: CheckinFields,
     valid: Sequence[EventFields],
     rejected: list[RejectedEvent],
+    *,
+    hostname: str | None = None,
 ) -> CheckinResponse:
-    """Store a proven agent's validated events, within its rate limit, and say how it went."""
+    """Store a proven agent's validated events, within its rate limit, and say how it went.
+
+    Given the agent's hostname, the rows are made here, on the event loop, rather than by
+    the one writer every check-in queues for (`models.store.prepare_rows`).
+    """
     wait = runtime.rate_limiter.acquire(agent_id)
     if wait > 0:
         raise HTTPException(
@@ -267,7 +282,18 @@ async def store_checkin(
             headers={"Retry-After": str(math.ceil(wait))},
         )
     received_at = datetime.now(UTC)
-    checkin = Checkin(agent_id, valid, received_at, envelope.agent_version, envelope.system_info)
+    prepared = None
+    if hostname is not None:
+        prepared = prepare_rows(
+            runtime.engine.dialect,
+            agent_id=agent_id,
+            hostname=hostname,
+            events=valid,
+            received_at=received_at,
+        )
+    checkin = Checkin(
+        agent_id, valid, received_at, envelope.agent_version, envelope.system_info, prepared
+    )
     try:
         result = await runtime.checkin_writer.store(checkin)
     except InactiveAgent:

@@ -9,19 +9,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from uuid import UUID
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ingest_api.limits import RateLimiter
+from ingest_api.service import TokenOwner
 from ingest_api.writer import CheckinWriter
 from models.database import write_transaction
 from models.settings import Settings
 
 
 class TokenCache:
-    """The agent ids of recently proven tokens, by token hash, each for `ttl` seconds.
+    """The owners of recently proven tokens, by token hash, each for `ttl` seconds.
 
     It spares a check-in the thread hop and the query of looking its token up. A token's
     owner never changes, so the one thing that can go stale is revocation, and that is
@@ -35,9 +35,9 @@ class TokenCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self.clock = clock
-        self._entries: OrderedDict[str, tuple[UUID, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[TokenOwner, float]] = OrderedDict()
 
-    def get(self, token_hash: str) -> UUID | None:
+    def get(self, token_hash: str) -> TokenOwner | None:
         entry = self._entries.get(token_hash)
         if entry is None:
             return None
@@ -46,11 +46,11 @@ class TokenCache:
             return None
         return entry[0]
 
-    def put(self, token_hash: str, agent_id: UUID) -> None:
+    def put(self, token_hash: str, owner: TokenOwner) -> None:
         if self.ttl <= 0:
             return
         self._entries.pop(token_hash, None)
-        self._entries[token_hash] = (agent_id, self.clock() + self.ttl)
+        self._entries[token_hash] = (owner, self.clock() + self.ttl)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 

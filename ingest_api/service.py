@@ -129,19 +129,31 @@ def register_agent(
     return RegisteredAgent(agent_id=agent_id, agent_token=token)
 
 
+@dataclass(frozen=True, slots=True)
+class TokenOwner:
+    """The live agent an agent token belongs to (neither ever changes for a token)."""
+
+    agent_id: UUID
+    hostname: str
+
+
 # Built once: every check-in runs it, and building a statement costs more than running it.
-_AGENT_BY_TOKEN = sa.select(AGENTS.c.id, AGENTS.c.token_hash, AGENTS.c.revoked).where(
-    AGENTS.c.token_hash == sa.bindparam("token_hash")
-)
+_AGENT_BY_TOKEN = sa.select(
+    AGENTS.c.id, AGENTS.c.hostname, AGENTS.c.token_hash, AGENTS.c.revoked
+).where(AGENTS.c.token_hash == sa.bindparam("token_hash"))
 
 
-def agent_for_token(connection: Connection, *, token_hash: str) -> UUID:
+def token_owner(connection: Connection, *, token_hash: str) -> TokenOwner:
     """The live agent whose token has this hash; Unauthorized if unknown or revoked."""
     row = connection.execute(_AGENT_BY_TOKEN, {"token_hash": token_hash}).one_or_none()
     if row is None or not hmac.compare_digest(row.token_hash, token_hash) or row.revoked:
         raise Unauthorized("agent token is unknown or revoked")
-    agent_id: UUID = row.id
-    return agent_id
+    return TokenOwner(row.id, row.hostname)
+
+
+def agent_for_token(connection: Connection, *, token_hash: str) -> UUID:
+    """The id of `token_owner`."""
+    return token_owner(connection, token_hash=token_hash).agent_id
 
 
 def authenticate_agent(connection: Connection, *, token: str | None, agent_id: UUID) -> None:

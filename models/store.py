@@ -140,6 +140,51 @@ class Checkin:
     received_at: datetime
     agent_version: str | None = None
     system_info: dict[str, Any] | None = None
+    # Its rows, made ahead of the write by `prepare_rows` where that is cheaper.
+    prepared: PreparedRows | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRows:
+    """A check-in's rows for one database: values in `EVENT_ROW_KEYS` order, and the same
+    rows encoded as the database driver gets them."""
+
+    dialect: Dialect
+    hostname: str
+    values: list[tuple[Any, ...]]
+    encoded: list[tuple[Any, ...]]
+
+
+def prepare_rows(
+    dialect: Dialect,
+    *,
+    agent_id: UUID,
+    hostname: str,
+    events: Sequence[EventFields],
+    received_at: datetime,
+) -> PreparedRows:
+    """Derive (fingerprints included) and encode a check-in's rows.
+
+    The ingest API does this on its event loop, where CPU is spare while the one check-in
+    writer stores the groups before; `store_checkins` uses the result if it was made for
+    its database and for the hostname it finds on the agent's row, and does it otherwise.
+    """
+    values = [_event_values(event, agent_id, hostname, received_at) for event in events]
+    encoded = _multi_row_insert(dialect).encode(values) if values else []
+    return PreparedRows(dialect, hostname, values, encoded)
+
+
+def _rows_of(checkin: Checkin, dialect: Dialect, hostname: str) -> PreparedRows:
+    prepared = checkin.prepared
+    if prepared is not None and prepared.dialect is dialect and prepared.hostname == hostname:
+        return prepared
+    return prepare_rows(
+        dialect,
+        agent_id=checkin.agent_id,
+        hostname=hostname,
+        events=checkin.events,
+        received_at=checkin.received_at,
+    )
 
 
 # Statements are built once: building one costs more than running it on a warm
@@ -171,40 +216,35 @@ _KEYS_PER_LOOKUP = 5000
 
 
 def _already_stored(
-    connection: Connection, keys: Sequence[tuple[UUID, UUID]]
-) -> set[tuple[UUID, UUID]]:
+    connection: Connection, keys: Sequence[tuple[Any, Any]]
+) -> set[tuple[Any, Any]]:
     """Which of these (agent id, event id) pairs are stored: one unique-index probe each.
+
+    Keys go in and come out as the driver has them (hex text on SQLite, UUIDs on
+    PostgreSQL), so they compare with encoded rows without converting either.
 
     A join with the pairs, because SQLite answers `(a, b) IN (VALUES ..)` by scanning the
     whole index. PostgreSQL gets the pairs as two arrays: psycopg rewrites the
     placeholders of every long statement in Python, which cost more than the query.
     """
-    dialect = connection.dialect
-    uuid_type = EVENTS.c.event_id.type.dialect_impl(dialect)
-    encode: Callable[[Any], Any] = uuid_type.bind_processor(dialect) or _same
-    decode: Callable[[Any], Any] = uuid_type.result_processor(dialect, None) or _same
-    stored: set[tuple[UUID, UUID]] = set()
+    by_column = _by_column(connection.dialect)
+    stored: set[tuple[Any, Any]] = set()
     for start in range(0, len(keys), _KEYS_PER_LOOKUP):
         chunk = keys[start : start + _KEYS_PER_LOOKUP]
-        if _by_column(dialect):
+        if by_column:
             pairs = "SELECT * FROM unnest(%b::uuid[], %b::uuid[])"
-            columns = zip(*chunk, strict=True)
-            parameters: tuple[Any, ...] = tuple(list(map(encode, ids)) for ids in columns)
+            parameters: tuple[Any, ...] = tuple(map(list, zip(*chunk, strict=True)))
         else:
             pairs = "VALUES " + ", ".join(["(?, ?)"] * len(chunk))
-            parameters = tuple(map(encode, chain.from_iterable(chunk)))
+            parameters = tuple(chain.from_iterable(chunk))
         sql = (
             f"WITH k (agent_id, event_id) AS ({pairs}) "
             f"SELECT e.agent_id, e.event_id FROM k JOIN {EVENTS.name} e "
             "ON e.agent_id = k.agent_id AND e.event_id = k.event_id"
         )
         for agent_id, event_id in connection.exec_driver_sql(sql, parameters):
-            stored.add((decode(agent_id), decode(event_id)))
+            stored.add((agent_id, event_id))
     return stored
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 def _by_column(dialect: Dialect) -> bool:
@@ -260,22 +300,26 @@ class _MultiRowInsert:
             ),
         )
 
-    def statement(self, rows: Sequence[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
-        """The statement and its parameters for rows of values in `EVENT_ROW_KEYS` order."""
+    def encode(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Rows of values in `EVENT_ROW_KEYS` order, as the driver gets them."""
         # Column by column, so that the loops run in C and only the processors in Python.
         columns = zip(*rows, strict=True)
         encoded = [
             values if convert is None else convert(values)
             for values, convert in zip(columns, self.converters, strict=True)
         ]
+        return list(zip(*encoded, strict=True))
+
+    def statement(self, encoded: Sequence[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
+        """The statement and its parameters for encoded rows."""
         if self.sql is not None:
-            return self.sql, tuple(map(list, encoded))
-        sql = self.head + ", ".join([self.row_placeholders] * len(rows)) + self.tail
-        return sql, tuple(chain.from_iterable(zip(*encoded, strict=True)))
+            return self.sql, tuple(map(list, zip(*encoded, strict=True)))
+        sql = self.head + ", ".join([self.row_placeholders] * len(encoded)) + self.tail
+        return sql, tuple(chain.from_iterable(encoded))
 
 
-# Columns with few distinct values in a statement (the same for every event of a check-in,
-# or one of a few enum members): each distinct value is converted once per statement.
+# Columns with few distinct values among a check-in's rows (the same for all of them, or
+# one of a few enum members): each distinct value is converted once per check-in.
 _FEW_VALUES = frozenset(
     {"agent_id", "received_at", "event_type", "category", "phase", "status", "severity"}
     | {"error_truncated"}
@@ -304,16 +348,20 @@ _MULTI_ROW_INSERTS: weakref.WeakKeyDictionary[Dialect, _MultiRowInsert] = (
 _ROWS_PER_STATEMENT = 1000
 
 
+def _multi_row_insert(dialect: Dialect) -> _MultiRowInsert:
+    insert = _MULTI_ROW_INSERTS.get(dialect)
+    if insert is None:
+        insert = _MULTI_ROW_INSERTS[dialect] = _MultiRowInsert.for_dialect(dialect)
+    return insert
+
+
 def _insert_new(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert rows known to be new, up to `_ROWS_PER_STATEMENT` in one statement.
+    """Insert encoded rows known to be new, up to `_ROWS_PER_STATEMENT` in one statement.
 
     ON CONFLICT DO NOTHING keeps even a lost race from storing an event twice; a shortfall
     in the rows the database reports inserted is raised as `ConcurrentInsert`.
     """
-    dialect = connection.dialect
-    insert = _MULTI_ROW_INSERTS.get(dialect)
-    if insert is None:
-        insert = _MULTI_ROW_INSERTS[dialect] = _MultiRowInsert.for_dialect(dialect)
+    insert = _multi_row_insert(connection.dialect)
     inserted = 0
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         sql, parameters = insert.statement(rows[start : start + _ROWS_PER_STATEMENT])
@@ -363,11 +411,16 @@ def store_checkins(
         and not (refuse_revoked and agents[checkin.agent_id]["revoked"])
     ]
     # Looking the ids up first (instead of INSERT .. RETURNING) spares duplicates the work
-    # of building their rows. It is exact because check-ins of one agent are serialised:
+    # of storing their rows. It is exact because check-ins of one agent are serialised:
     # the agent's row is locked on PostgreSQL, and SQLite has one writer at a time.
-    keys = [(checkin.agent_id, event.event_id) for checkin in live for event in checkin.events]
+    dialect = connection.dialect
+    rows_of = {
+        id(checkin): _rows_of(checkin, dialect, agents[checkin.agent_id]["hostname"])
+        for checkin in live
+    }
+    keys = [row[:2] for rows in rows_of.values() for row in rows.encoded]
     stored = _already_stored(connection, keys) if keys else set()
-    rows: list[tuple[Any, ...]] = []
+    new_encoded: list[tuple[Any, ...]] = []
     changes_by_agent: dict[UUID, dict[str, Any]] = {}
     outcomes: list[StoreResult | InactiveAgent] = []
     for checkin in checkins:
@@ -375,23 +428,22 @@ def store_checkins(
         if agent is None or (refuse_revoked and agent["revoked"]):
             outcomes.append(InactiveAgent(f"agent {checkin.agent_id} is unknown or revoked"))
             continue
-        new_rows = []
-        for event in checkin.events:
-            key = (checkin.agent_id, event.event_id)
+        rows = rows_of[id(checkin)]
+        new_values = []
+        for values, encoded in zip(rows.values, rows.encoded, strict=True):
+            key = encoded[:2]
             if key not in stored:
                 stored.add(key)
-                new_rows.append(
-                    _event_values(event, checkin.agent_id, agent["hostname"], checkin.received_at)
-                )
-        rows += new_rows
-        changes = _agent_changes(agent, checkin, new_rows)
+                new_values.append(values)
+                new_encoded.append(encoded)
+        changes = _agent_changes(agent, checkin, new_values)
         agent.update(changes)  # what a later check-in of the same agent builds on
         changes_by_agent.setdefault(checkin.agent_id, {}).update(changes)
         outcomes.append(
-            StoreResult(accepted=len(new_rows), duplicates=len(checkin.events) - len(new_rows))
+            StoreResult(accepted=len(new_values), duplicates=len(checkin.events) - len(new_values))
         )
-    if rows:
-        _insert_new(connection, rows)
+    if new_encoded:
+        _insert_new(connection, new_encoded)
     for agent_id, changes in changes_by_agent.items():
         connection.execute(_UPDATE_AGENT, {"target_agent_id": agent_id, **changes})
     return outcomes

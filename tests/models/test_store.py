@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from ingest_api.service import create_enrollment_token, register_agent, revoke_agent
 from models import store
 from models.database import write_transaction
+from models.fingerprint import fingerprint
 from models.tables import AGENT_TABLE, EVENT_TABLE
 from models.vocabulary import EventType, MigrationState
 from models.wire import Event, RegistrationRequest
@@ -150,7 +151,11 @@ def test_duplicate_lookup_probes_the_unique_index(engine: Engine) -> None:
     agent_id = _agent(engine)
     events = [Event.model_validate(wire_event()) for _ in range(3)]
     _store(engine, agent_id, events)
-    keys = [(agent_id, event.event_id) for event in events] + [(agent_id, uuid4())]
+    # Keys as the driver has them: hex text on SQLite, UUIDs on PostgreSQL.
+    uuid_type = EVENT_TABLE.c.event_id.type.dialect_impl(engine.dialect)
+    encode = uuid_type.bind_processor(engine.dialect) or (lambda value: value)
+    ids = [(agent_id, event.event_id) for event in events] + [(agent_id, uuid4())]
+    keys = [(encode(agent), encode(event)) for agent, event in ids]
     statements: list[str] = []
 
     def remember(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -163,10 +168,32 @@ def test_duplicate_lookup_probes_the_unique_index(engine: Engine) -> None:
             if engine.dialect.name == "sqlite":
                 plan = connection.exec_driver_sql(
                     "EXPLAIN QUERY PLAN " + statements[-1],
-                    tuple(value.hex for key in keys for value in key),
+                    tuple(value for key in keys for value in key),
                 ).all()
                 details = " | ".join(row[-1] for row in plan)
                 assert "SEARCH e USING COVERING INDEX" in details, details
                 assert "SCAN e" not in details, details
     finally:
         sa.event.remove(engine, "before_cursor_execute", remember)
+
+
+def test_rows_prepared_ahead_are_used_only_for_the_hostname_on_the_agent_row(
+    engine: Engine,
+) -> None:
+    """The ingest API derives rows before the write with the hostname it cached; the
+    writer makes them again if that is not the one the agent row holds."""
+    agent_id = _agent(engine)  # registered as web-01
+    message = "copy /var/lib/state on web-01 failed: [Errno 28] No space left on device"
+    events = [Event.model_validate(wire_event(error_message=message)) for _ in range(2)]
+    for event, hostname in zip(events, ["web-01", "elsewhere"], strict=True):
+        prepared = store.prepare_rows(
+            engine.dialect, agent_id=agent_id, hostname=hostname, events=[event], received_at=NOW
+        )
+        checkin = store.Checkin(agent_id, [event], NOW, prepared=prepared)
+        with write_transaction(engine) as connection:
+            assert store.store_checkins(connection, [checkin]) == [store.StoreResult(1, 0)]
+    expected = fingerprint(events[0].event_type.value, message, hostname="web-01")
+    assert expected != fingerprint(events[0].event_type.value, message, hostname="elsewhere")
+    with engine.connect() as connection:
+        stored = connection.scalars(sa.select(EVENT_TABLE.c.fingerprint)).all()
+    assert stored == [expected, expected]
