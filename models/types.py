@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import json.encoder
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -58,37 +57,16 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 PortableJSON: sa.types.TypeEngine[Any] = sa.JSON().with_variant(JSONB(), "postgresql")
 
 
-def _not_serializable(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-# json.dumps with its default settings builds a new C encoder on every call; building it
-# once makes storing an event's two JSON columns about 40% cheaper. The text is the same,
-# byte for byte (ASCII, ", " and ": "), so rows written before and after read the same.
-# Unlike json.dumps it does not detect circular references, which JSON input cannot have.
-_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # None on a Python without _json
-_ENCODE = (
-    _MAKE_ENCODER(
-        None,
-        _not_serializable,
-        json.encoder.encode_basestring_ascii,
-        None,
-        ": ",
-        ", ",
-        False,
-        False,
-        True,
-    )
-    if _MAKE_ENCODER is not None
-    else None
-)
-
-
 def dumps_json(value: Any) -> str:
-    """`json.dumps(value)`, for the engines' JSON columns."""
-    if _ENCODE is None:
-        return json.dumps(value)
-    return "".join(_ENCODE(value, 0))
+    """The text of a JSON column value, for the engines' JSON columns: pydantic-core's
+    compact UTF-8 serialisation.
+
+    It is what the ingest API's column checks compute anyway (`models.wire`), so a plain
+    check-in's JSON goes to the database as the check serialised it, and at about half the
+    cost of `json.dumps`. Rows written by `json.dumps` before (ASCII, ", " and ": ") read
+    back the same.
+    """
+    return pydantic_core.to_json(value).decode()
 
 
 def enum_column_type(enum: type[StrEnum], length: int = 32) -> sa.Enum:

@@ -50,18 +50,24 @@ def _random_value(rng: random.Random, depth: int = 0) -> Any:
     if depth > 4 or roll < 0.5:
         return rng.choice(ATOMS)
     if roll < 0.75:
-        keys = ["k", "\u00fc", 1, 2.5, True, None]
+        # String keys only: JSON column values are parsed JSON, whose keys are strings.
+        keys = ["k", "\u00fc", "1", "2.5", "true", "null"]
         return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randrange(4))}
     return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
 
 
-def test_json_columns_are_written_exactly_as_json_dumps_writes_them() -> None:
+def test_json_columns_read_back_as_json_dumps_would_have_written_them() -> None:
     rng = random.Random(13)
     for _ in range(3000):
-        value = _random_value(rng)
-        assert dumps_json(value) == json.dumps(value)
+        value = {"k": _random_value(rng)}
+        # repr: NaN is not equal to itself
+        assert repr(json.loads(dumps_json(value))) == repr(json.loads(json.dumps(value)))
 
 
-def test_unserialisable_json_values_fail_as_json_dumps_fails() -> None:
-    with pytest.raises(TypeError, match="Object of type set is not JSON serializable"):
-        dumps_json({"a": {1, 2}})
+def test_json_column_text_is_compact_utf8() -> None:
+    assert dumps_json({"a": [1, "caf\u00e9"], "b": None}) == '{"a":[1,"caf\u00e9"],"b":null}'
+
+
+def test_unserialisable_json_values_fail() -> None:
+    with pytest.raises(ValueError, match="Unable to serialize unknown type"):
+        dumps_json({"a": object()})
