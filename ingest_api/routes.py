@@ -32,6 +32,7 @@ from models.wire import (
     CheckinResponse,
     Event,
     EventFields,
+    EventJSON,
     RegistrationRequest,
     RegistrationResponse,
     RejectedEvent,
@@ -217,7 +218,13 @@ class CheckinRoute(FastJSONRoute):
         if checkin is None:
             return None
         result = await store_checkin(
-            runtime, agent_id, checkin, checkin.events, [], hostname=owner.hostname
+            runtime,
+            agent_id,
+            checkin,
+            checkin.events,
+            [],
+            hostname=owner.hostname,
+            events_json=checkin.events_json,
         )
         return Response(result.model_dump_json(), media_type="application/json")
 
@@ -268,11 +275,13 @@ async def store_checkin(
     rejected: list[RejectedEvent],
     *,
     hostname: str | None = None,
+    events_json: Sequence[EventJSON] | None = None,
 ) -> CheckinResponse:
     """Store a proven agent's validated events, within its rate limit, and say how it went.
 
     Given the agent's hostname, the rows are made here, on the event loop, rather than by
-    the one writer every check-in queues for (`models.store.prepare_rows`).
+    the one writer every check-in queues for (`models.store.prepare_rows`), with the JSON
+    the events' checks serialised.
     """
     wait = runtime.rate_limiter.acquire(agent_id)
     if wait > 0:
@@ -290,6 +299,7 @@ async def store_checkin(
             hostname=hostname,
             events=valid,
             received_at=received_at,
+            events_json=events_json,
         )
     checkin = Checkin(
         agent_id, valid, received_at, envelope.agent_version, envelope.system_info, prepared

@@ -31,7 +31,7 @@ from models.vocabulary import (
     migration_state_after,
     severity_for,
 )
-from models.wire import EventFields
+from models.wire import EventFields, EventJSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +162,7 @@ def prepare_rows(
     hostname: str,
     events: Sequence[EventFields],
     received_at: datetime,
+    events_json: Sequence[EventJSON] | None = None,
 ) -> PreparedRows:
     """Derive (fingerprints included) and encode a check-in's rows.
 
@@ -170,7 +171,7 @@ def prepare_rows(
     its database and for the hostname it finds on the agent's row, and does it otherwise.
     """
     values = [_event_values(event, agent_id, hostname, received_at) for event in events]
-    encoded = _multi_row_insert(dialect).encode(values) if values else []
+    encoded = _multi_row_insert(dialect).encode(values, events_json) if values else []
     return PreparedRows(dialect, hostname, values, encoded)
 
 
@@ -276,6 +277,10 @@ class _MultiRowInsert:
     keys: tuple[str, ...]
     # Per column: its values, converted by the column type's bind processor (None: as is).
     converters: tuple[Callable[[Sequence[Any]], Iterable[Any]] | None, ...]
+    # The JSON columns' bind processors, and what the driver gets for JSON already
+    # serialised by the engine's serializer.
+    json_processors: tuple[Callable[[Any], Any], Callable[[Any], Any]]
+    serialised_json: Callable[[bytes], Any]
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> _MultiRowInsert:
@@ -288,26 +293,46 @@ class _MultiRowInsert:
         if _by_column(dialect):
             arrays = ", ".join(f"%b::{EVENTS.c[key].type.compile(dialect)}[]" for key in keys)
             sql = f"{head}SELECT * FROM unnest({arrays}){tail}"
+        processors = [
+            EVENTS.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in keys
+        ]
+        json_processors = tuple(processors[keys.index(key)] for key in _JSON_KEYS)
+        assert all(json_processors), "JSON columns are serialised by their bind processor"
         return cls(
             sql=sql,
             head=head + "VALUES ",
             row_placeholders=f"({', '.join(['?'] * len(keys))})",
             tail=tail,
             keys=keys,
-            converters=tuple(
-                _converter(key, EVENTS.c[key].type.dialect_impl(dialect).bind_processor(dialect))
-                for key in keys
-            ),
+            converters=tuple(map(_converter, keys, processors)),
+            json_processors=json_processors,  # type: ignore[arg-type]
+            serialised_json=_serialised_json(dialect),
         )
 
-    def encode(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Rows of values in `EVENT_ROW_KEYS` order, as the driver gets them."""
+    def encode(
+        self, rows: Sequence[tuple[Any, ...]], events_json: Sequence[EventJSON] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows of values in `EVENT_ROW_KEYS` order, as the driver gets them.
+
+        `events_json`, per row: its system_info and details as the engine's JSON
+        serializer writes them (`models.wire.PlainCheckin.events_json`), used as they are.
+        """
         # Column by column, so that the loops run in C and only the processors in Python.
-        columns = zip(*rows, strict=True)
+        columns = list(zip(*rows, strict=True))
         encoded = [
             values if convert is None else convert(values)
-            for values, convert in zip(columns, self.converters, strict=True)
+            for values, convert in zip(
+                columns[:_FIRST_JSON], self.converters[:_FIRST_JSON], strict=True
+            )
         ]
+        texts = zip(*events_json, strict=True) if events_json else ((None,) * len(rows),) * 2
+        for values, known, process in zip(
+            columns[_FIRST_JSON:], texts, self.json_processors, strict=True
+        ):
+            wrap = self.serialised_json
+            encoded.append(
+                [process(v) if t is None else wrap(t) for v, t in zip(values, known, strict=True)]
+            )
         return list(zip(*encoded, strict=True))
 
     def statement(self, encoded: Sequence[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
@@ -316,6 +341,26 @@ class _MultiRowInsert:
             return self.sql, tuple(map(list, zip(*encoded, strict=True)))
         sql = self.head + ", ".join([self.row_placeholders] * len(encoded)) + self.tail
         return sql, tuple(chain.from_iterable(encoded))
+
+
+# The JSON columns come last in a row.
+_JSON_KEYS = ("system_info", "details")
+_FIRST_JSON = EVENT_ROW_KEYS.index(_JSON_KEYS[0])
+assert EVENT_ROW_KEYS[_FIRST_JSON:] == _JSON_KEYS
+
+
+def _serialised_json(dialect: Dialect) -> Callable[[bytes], Any]:
+    """What the driver takes for a JSON column's already serialised text: a str on
+    SQLite, psycopg's Jsonb wrapper with nothing left to serialise on PostgreSQL."""
+    if dialect.name != "postgresql":
+        return bytes.decode
+    from psycopg.types.json import Jsonb
+
+    return partial(Jsonb, dumps=_same)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 # Columns with few distinct values among a check-in's rows (the same for all of them, or

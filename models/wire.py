@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetPydanticSchema,
+    PrivateAttr,
     StringConstraints,
     field_validator,
     model_validator,
@@ -82,8 +83,11 @@ def _clean_json(value: Any, *, depth: int, max_depth: int) -> Any:
     return value
 
 
-def _plainly_within(value: dict[str, Any], max_bytes: int, max_depth: int) -> bool:
-    """Whether value certainly passes the JSON column checks unchanged: nothing to clean
+def plain_json(
+    value: dict[str, Any], max_bytes: int, max_depth: int = MAX_JSON_DEPTH
+) -> bytes | None:
+    """value's JSON (pydantic-core's compact serialisation) if value certainly passes the
+    JSON column checks unchanged, else None: nothing to clean
     (no NUL, no lone surrogate, no NaN or infinity), no deeper than max_depth, no larger
     than max_bytes.
 
@@ -97,14 +101,15 @@ def _plainly_within(value: dict[str, Any], max_bytes: int, max_depth: int) -> bo
     try:
         data = pydantic_core.to_json(value)
     except pydantic_core.PydanticSerializationError:  # a lone surrogate
-        return False
-    return (
+        return None
+    plain = (
         4 * len(data) <= 3 * max_bytes
         and data.count(b"{") + data.count(b"[") < max_depth
         and b"\\u0000" not in data
         and b"NaN" not in data
         and b"Infinity" not in data
     )
+    return data if plain else None
 
 
 def json_object_check(
@@ -113,7 +118,7 @@ def json_object_check(
     """The check of a JSON object column: cleaned text, bounded depth and size."""
 
     def check(value: dict[str, Any]) -> dict[str, Any]:
-        if _plainly_within(value, max_bytes, max_depth):
+        if plain_json(value, max_bytes, max_depth) is not None:
             return value
         cleaned: dict[str, Any] = _clean_json(value, depth=1, max_depth=max_depth)
         size = len(json.dumps(cleaned, ensure_ascii=False, separators=(",", ":")).encode())
@@ -258,18 +263,35 @@ class CheckinRequest(CheckinFields):
     _system_info = field_validator("system_info")(_optional_system_info)
 
 
+# An event's system_info and details as JSON (`plain_json`), each None where unknown.
+EventJSON = tuple[bytes | None, bytes | None]
+
+
 class PlainCheckin(CheckinFields):
     """A check-in whose every event is valid, as `parse_plain_checkin` returns it."""
 
     events: list[EventFields] = Field(default_factory=list, max_length=MAX_EVENTS_PER_CHECKIN)
+    _events_json: list[EventJSON] = PrivateAttr(default_factory=list)
+
+    @property
+    def events_json(self) -> list[EventJSON]:
+        """Per event, the JSON its columns' checks serialised: what `dumps_json` in
+        `models.types`, the engines' JSON serializer, makes of them (pydantic-core's)."""
+        return self._events_json
 
 
-def check_event(event: EventFields) -> None:
-    """The checks `Event` adds to its fields, made in place on validated fields."""
+def check_event(event: EventFields) -> EventJSON:
+    """The checks `Event` adds to its fields, made in place on validated fields; returns
+    the JSON of its system_info and details where the checks serialised them unchanged."""
     event.timestamp = plausible_time(event.timestamp)
-    event.system_info = _check_system_info(event.system_info)
-    event.details = _check_details(event.details)
+    system_info = plain_json(event.system_info, MAX_SYSTEM_INFO_BYTES)
+    if system_info is None:
+        event.system_info = _check_system_info(event.system_info)
+    details = plain_json(event.details, MAX_DETAILS_BYTES)
+    if details is None:
+        event.details = _check_details(event.details)
     agree_with_vocabulary(event)
+    return system_info, details
 
 
 def parse_plain_checkin(body: bytes) -> PlainCheckin | None:
@@ -287,8 +309,7 @@ def parse_plain_checkin(body: bytes) -> PlainCheckin | None:
     try:
         checkin = PlainCheckin.model_validate_json(body)
         checkin.system_info = _optional_system_info(checkin.system_info)
-        for event in checkin.events:
-            check_event(event)
+        checkin.events_json.extend(map(check_event, checkin.events))
     except ValueError:  # pydantic's ValidationError is one
         return None
     return checkin

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -16,7 +17,7 @@ from models.database import write_transaction
 from models.fingerprint import fingerprint
 from models.tables import AGENT_TABLE, EVENT_TABLE
 from models.vocabulary import EventType, MigrationState
-from models.wire import Event, RegistrationRequest
+from models.wire import Event, RegistrationRequest, parse_plain_checkin
 from tests.factories import registration, wire_event
 
 NOW = datetime.now(UTC)
@@ -197,3 +198,39 @@ def test_rows_prepared_ahead_are_used_only_for_the_hostname_on_the_agent_row(
     with engine.connect() as connection:
         stored = connection.scalars(sa.select(EVENT_TABLE.c.fingerprint)).all()
     assert stored == [expected, expected]
+
+
+def test_json_the_checks_serialised_is_stored_as_the_serializer_writes_it(
+    engine: Engine,
+) -> None:
+    """A plain check-in's JSON columns go to the database as its checks serialised them:
+    the very text the column's own serializer gives the same values."""
+    events = [
+        wire_event(details={"caf\u00e9": ["\U0001f600", 1.5, 1e-7, None, True], "n": 10**20}),
+        wire_event(EventType.UPDATE_INSTALLED, system_info={"a": [[1]], "b": [[2]], "c": [[3]], "d": [4]}),
+        wire_event(EventType.UPDATE_DISCOVERED, details={}),
+    ]
+    plain = parse_plain_checkin(json.dumps({"agent_version": "1", "events": events}).encode())
+    assert plain is not None
+    assert plain.events_json[1][0] is None  # too many brackets to vouch for: serialised again
+    texts: dict[UUID, list[tuple[str, str]]] = {}
+    for events_json in (plain.events_json, None):
+        agent_id = _agent(engine)
+        prepared = store.prepare_rows(
+            engine.dialect,
+            agent_id=agent_id,
+            hostname="web-01",
+            events=plain.events,
+            received_at=NOW,
+            events_json=events_json,
+        )
+        checkin = store.Checkin(agent_id, plain.events, NOW, prepared=prepared)
+        with write_transaction(engine) as connection:
+            store.store_checkins(connection, [checkin])
+        with engine.connect() as connection:
+            as_text = sa.select(
+                sa.cast(EVENT_TABLE.c.system_info, sa.Text), sa.cast(EVENT_TABLE.c.details, sa.Text)
+            ).where(EVENT_TABLE.c.agent_id == agent_id)
+            texts[agent_id] = sorted(map(tuple, connection.execute(as_text)))
+    with_checks, serialised_again = texts.values()
+    assert with_checks == serialised_again
