@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Dialect
 from models.fingerprint import fingerprint
 from models.tables import AGENT_TABLE as AGENTS
 from models.tables import EVENT_TABLE as EVENTS
+from models.types import dumps_json
 from models.vocabulary import (
     Category,
     EventType,
@@ -258,16 +259,18 @@ def _by_column(dialect: Dialect) -> bool:
 class _MultiRowInsert:
     """One `INSERT .. ON CONFLICT (agent_id, event_id) DO NOTHING` for a group's events,
     its parameters encoded by each column's own SQLAlchemy bind processor (so the stored
-    values are those of a Core insert: hex UUIDs on SQLite, enum values, UTC timestamps,
-    the engine's JSON serializer).
+    values are those of a Core insert: hex UUIDs on SQLite, enum values, UTC timestamps),
+    JSON as text written by the engines' serializer, `dumps_json`.
 
     Executing the Core statement with a list of dicts costs about 40 us per row in
     SQLAlchemy's parameter handling, more than SQLite spends storing the row; and an
     executemany lets go of the GIL once per row, so under load the writer queues for it
     a hundred times per check-in. One statement lets go of it once. SQLite gets the rows
-    as `VALUES (..), (..)`; PostgreSQL as one array per column (`SELECT * FROM
+    as `VALUES (..), (..)`; PostgreSQL as one array per column (`SELECT .. FROM
     unnest(..)`): a short statement whose placeholders psycopg converts once and caches,
     where a VALUES list of a thousand rows was rewritten in Python on every execution.
+    PostgreSQL's JSON arrives as text and is cast to jsonb there: psycopg would otherwise
+    call a Python dumper for every value.
     """
 
     sql: str | None  # PostgreSQL's, the same for any number of rows
@@ -275,12 +278,9 @@ class _MultiRowInsert:
     row_placeholders: str
     tail: str
     keys: tuple[str, ...]
-    # Per column: its values, converted by the column type's bind processor (None: as is).
+    # Per column before the JSON ones: its values, converted by the column type's bind
+    # processor (None: as is).
     converters: tuple[Callable[[Sequence[Any]], Iterable[Any]] | None, ...]
-    # The JSON columns' bind processors, and what the driver gets for JSON already
-    # serialised by the engine's serializer.
-    json_processors: tuple[Callable[[Any], Any], Callable[[Any], Any]]
-    serialised_json: Callable[[bytes], Any]
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> _MultiRowInsert:
@@ -291,22 +291,23 @@ class _MultiRowInsert:
         tail = " ON CONFLICT (agent_id, event_id) DO NOTHING"
         sql = None
         if _by_column(dialect):
-            arrays = ", ".join(f"%b::{EVENTS.c[key].type.compile(dialect)}[]" for key in keys)
-            sql = f"{head}SELECT * FROM unnest({arrays}){tail}"
-        processors = [
-            EVENTS.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in keys
-        ]
-        json_processors = tuple(processors[keys.index(key)] for key in _JSON_KEYS)
-        assert all(json_processors), "JSON columns are serialised by their bind processor"
+            types = ["text" if k in _JSON_KEYS else EVENTS.c[k].type.compile(dialect) for k in keys]
+            arrays = ", ".join(f"%b::{name}[]" for name in types)
+            names = [f"c{n}" for n in range(len(keys))]
+            values = ", ".join(
+                f"{n}::jsonb" if k in _JSON_KEYS else n for n, k in zip(names, keys, strict=True)
+            )
+            sql = f"{head}SELECT {values} FROM unnest({arrays}) AS u({', '.join(names)}){tail}"
+        # JSON columns are serialised by `encode` itself.
+        plain = keys[:_FIRST_JSON]
+        processors = [EVENTS.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in plain]
         return cls(
             sql=sql,
             head=head + "VALUES ",
             row_placeholders=f"({', '.join(['?'] * len(keys))})",
             tail=tail,
             keys=keys,
-            converters=tuple(map(_converter, keys, processors)),
-            json_processors=json_processors,  # type: ignore[arg-type]
-            serialised_json=_serialised_json(dialect),
+            converters=tuple(map(_converter, plain, processors)),
         )
 
     def encode(
@@ -314,24 +315,22 @@ class _MultiRowInsert:
     ) -> list[tuple[Any, ...]]:
         """Rows of values in `EVENT_ROW_KEYS` order, as the driver gets them.
 
-        `events_json`, per row: its system_info and details as the engine's JSON
-        serializer writes them (`models.wire.PlainCheckin.events_json`), used as they are.
+        `events_json`, per row: its system_info and details as `dumps_json` writes them
+        (`models.wire.PlainCheckin.events_json`), used as they are where known.
         """
         # Column by column, so that the loops run in C and only the processors in Python.
         columns = list(zip(*rows, strict=True))
         encoded = [
             values if convert is None else convert(values)
-            for values, convert in zip(
-                columns[:_FIRST_JSON], self.converters[:_FIRST_JSON], strict=True
-            )
+            for values, convert in zip(columns[:_FIRST_JSON], self.converters, strict=True)
         ]
         texts = zip(*events_json, strict=True) if events_json else ((None,) * len(rows),) * 2
-        for values, known, process in zip(
-            columns[_FIRST_JSON:], texts, self.json_processors, strict=True
-        ):
-            wrap = self.serialised_json
+        for values, known in zip(columns[_FIRST_JSON:], texts, strict=True):
             encoded.append(
-                [process(v) if t is None else wrap(t) for v, t in zip(values, known, strict=True)]
+                [
+                    dumps_json(value) if text is None else text.decode()
+                    for value, text in zip(values, known, strict=True)
+                ]
             )
         return list(zip(*encoded, strict=True))
 
@@ -347,20 +346,6 @@ class _MultiRowInsert:
 _JSON_KEYS = ("system_info", "details")
 _FIRST_JSON = EVENT_ROW_KEYS.index(_JSON_KEYS[0])
 assert EVENT_ROW_KEYS[_FIRST_JSON:] == _JSON_KEYS
-
-
-def _serialised_json(dialect: Dialect) -> Callable[[bytes], Any]:
-    """What the driver takes for a JSON column's already serialised text: a str on
-    SQLite, psycopg's Jsonb wrapper with nothing left to serialise on PostgreSQL."""
-    if dialect.name != "postgresql":
-        return bytes.decode
-    from psycopg.types.json import Jsonb
-
-    return partial(Jsonb, dumps=_same)
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 # Columns with few distinct values among a check-in's rows (the same for all of them, or
@@ -489,9 +474,20 @@ def store_checkins(
         )
     if new_encoded:
         _insert_new(connection, new_encoded)
-    for agent_id, changes in changes_by_agent.items():
-        connection.execute(_UPDATE_AGENT, {"target_agent_id": agent_id, **changes})
+    _update_agents(connection, changes_by_agent)
     return outcomes
+
+
+def _update_agents(connection: Connection, changes_by_agent: dict[UUID, dict[str, Any]]) -> None:
+    """One executemany per set of columns changed (an UPDATE's SET clause comes from its
+    parameters): a few round trips per group, where a statement per agent made the writer
+    wait on the database once for every agent in it. The agents are locked already."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for agent_id, changes in changes_by_agent.items():
+        parameters = {"target_agent_id": agent_id, **changes}
+        by_columns.setdefault(tuple(sorted(changes)), []).append(parameters)
+    for parameters_list in by_columns.values():
+        connection.execute(_UPDATE_AGENT, parameters_list)
 
 
 def _lock_agents(connection: Connection, agent_ids: set[UUID]) -> dict[UUID, dict[str, Any]]:
