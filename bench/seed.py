@@ -346,7 +346,7 @@ class _Fleet:
             }
             self.system_info.append(info)
             text = dumps_json(info)
-            assert text.endswith('"free_disk_bytes": 0}')
+            assert text.endswith('"free_disk_bytes":0}')
             self.system_prefix.append(self.enc.text(text[: -len("0}")]))
 
     # -- the messages
