@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
 from models import fingerprint as fingerprint_module
@@ -124,18 +127,65 @@ def test_fingerprint_is_short_hex() -> None:
     int(value, 16)
 
 
-def test_skipping_masks_without_their_literal_text_changes_no_signature() -> None:
-    messages = [
-        "copy /var/lib/aggregator/last_scan.json: [Errno 13] Permission denied",
-        "GET https://redflag.example.org:8443/api failed: 0xdeadbeef from [fe80::1]:8080",
-        r"cannot open C:\ProgramData\RedFlag\config.json (error 5) on 10.0.0.7:443",
-        "checksum 9f86d081884c7d65 != 3c59dc048e885024 for 123e4567-e89b-12d3-a456-426614174000",
-        "plain words only",
-        "ports 1:2:3 and 0X1F and web-01.corp.example.com",
-    ]
+def _every_mask_everywhere(message: str) -> str:
+    """The signature as the masks define it: each applied in turn, nothing skipped."""
+    text = message[: fingerprint_module.SIGNATURE_INPUT_CHARS]
+    for mask in fingerprint_module._MASKS:
+        text = mask.pattern.sub(mask.placeholder, text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+_SKIP_MESSAGES = [
+    "copy /var/lib/aggregator/last_scan.json: [Errno 13] Permission denied",
+    "GET https://redflag.example.org:8443/api failed: 0xdeadbeef from [fe80::1]:8080",
+    r"cannot open C:\ProgramData\RedFlag\config.json (error 5) on 10.0.0.7:443",
+    "checksum 9f86d081884c7d65 != 3c59dc048e885024 for 123e4567-e89b-12d3-a456-426614174000",
+    "plain words only",
+    "ports 1:2:3 and 0X1F and web-01.corp.example.com",
+    "\x1c odd\u00a0spaces\u2003here \t\n",
+]
+_PIECES = [
+    "10.0.0.7",
+    "10.1.2",
+    "1.2.3.4:80",
+    "::1",
+    "fe80::1ff:fe23:4567:890a",
+    "a:b",
+    "1:2:3",
+    "[::1]:8443",
+    "0x1F",
+    "0X",
+    "0xg",
+    "deadbeef1",
+    "/var/lib/x.json",
+    "C:\\x",
+    "http://a.b/c",
+    "host.example.org",
+    "web-01",
+    "x.y",
+    "a.bc",
+    ".json",
+    "123e4567-e89b-12d3-a456-426614174000",
+    "42",
+    "3.14",
+    ":",
+    ".",
+    " ",
+    "\t",
+    "\u00a0",
+    "\x1f",
+    "(",
+    "'",
+    "=",
+]
+
+
+def test_skipping_masks_whose_text_is_absent_changes_no_signature() -> None:
+    rng = random.Random(5)
+    messages = list(_SKIP_MESSAGES)
+    for _ in range(3000):
+        messages.append(
+            "".join(rng.choice([*_PIECES, " ", "err"]) for _ in range(rng.randrange(1, 12)))
+        )
     for message in messages:
-        text = message
-        for pattern, placeholder, _required in fingerprint_module._MASKS:
-            text = pattern.sub(placeholder, text)
-        expected = fingerprint_module._SPACES.sub(" ", text).strip()
-        assert error_signature(message) == expected
+        assert error_signature(message) == _every_mask_everywhere(message), message
