@@ -207,7 +207,9 @@ def test_json_the_checks_serialised_is_stored_as_the_serializer_writes_it(
     the very text the column's own serializer gives the same values."""
     events = [
         wire_event(details={"caf\u00e9": ["\U0001f600", 1.5, 1e-7, None, True], "n": 10**20}),
-        wire_event(EventType.UPDATE_INSTALLED, system_info={"a": [[1]], "b": [[2]], "c": [[3]], "d": [4]}),
+        wire_event(
+            EventType.UPDATE_INSTALLED, system_info={"a": [[1]], "b": [[2]], "c": [[3]], "d": [4]}
+        ),
         wire_event(EventType.UPDATE_DISCOVERED, details={}),
     ]
     plain = parse_plain_checkin(json.dumps({"agent_version": "1", "events": events}).encode())
@@ -234,3 +236,47 @@ def test_json_the_checks_serialised_is_stored_as_the_serializer_writes_it(
             texts[agent_id] = sorted(map(tuple, connection.execute(as_text)))
     with_checks, serialised_again = texts.values()
     assert with_checks == serialised_again
+
+
+def test_agents_changed_alike_in_one_group_each_get_their_own_values(engine: Engine) -> None:
+    """Several agents whose check-ins change the same columns are updated by one
+    executemany: each row must get its own values."""
+    agents = [_agent(engine) for _ in range(3)]
+    kinds = [
+        EventType.MIGRATION_EXECUTION_FAILED,
+        EventType.MIGRATION_EXECUTION_SUCCESS,
+        EventType.MIGRATION_DETECTION_SUCCESS,
+    ]
+    checkins = [
+        store.Checkin(
+            agent_id,
+            [Event.model_validate(wire_event(kind, error_message=f"failure {n}"))]
+            if kind == EventType.MIGRATION_EXECUTION_FAILED
+            else [Event.model_validate(wire_event(kind))],
+            NOW + timedelta(seconds=n),
+            agent_version=f"0.2.{n}",
+            system_info={"host": n},
+        )
+        for n, (agent_id, kind) in enumerate(zip(agents, kinds, strict=True))
+    ]
+    with write_transaction(engine) as connection:
+        store.store_checkins(connection, checkins)
+    with engine.connect() as connection:
+        rows = {
+            row.id: row
+            for row in connection.execute(
+                sa.select(AGENT_TABLE).where(AGENT_TABLE.c.id.in_(agents))
+            )
+        }
+    for n, (agent_id, kind) in enumerate(zip(agents, kinds, strict=True)):
+        row = rows[agent_id]
+        assert (row.agent_version, row.system_info) == (f"0.2.{n}", {"host": n})
+        assert row.last_seen_at == NOW + timedelta(seconds=n)
+        assert row.last_migration_event_type == kind
+        assert row.ever_migrated is (kind == EventType.MIGRATION_EXECUTION_SUCCESS)
+        assert row.last_error_message == ("failure 0" if n == 0 else None)
+    assert [rows[a].migration_state for a in agents] == [
+        MigrationState.FAILED,
+        MigrationState.MIGRATED,
+        MigrationState.PENDING,
+    ]
