@@ -60,7 +60,7 @@ from bench.workload import _MIX, hostname_for
 from models.database import create_db_engine, write_transaction
 from models.fingerprint import fingerprint
 from models.schema import upgrade_database
-from models.store import NEW_AGENT_SUMMARY, migration_summary
+from models.store import EVENT_ROW_KEYS, NEW_AGENT_SUMMARY, migration_summary
 from models.tables import AGENT_TABLE
 from models.types import dumps_json
 from models.vocabulary import (
@@ -77,25 +77,8 @@ DEFAULT_EVENTS = 1_000_000
 DEFAULT_DAYS = 30
 CHUNK_EVENTS = 20_000
 
-EVENT_COLUMNS = (
-    "id",
-    "agent_id",
-    "event_id",
-    "event_type",
-    "category",
-    "phase",
-    "status",
-    "severity",
-    "error_message",
-    "error_truncated",
-    "fingerprint",
-    "migration_from",
-    "migration_to",
-    "occurred_at",
-    "received_at",
-    "system_info",
-    "details",
-)
+# The table's columns in the order the seeded rows give them: the key, then a stored row's.
+EVENT_COLUMNS = ("id", *EVENT_ROW_KEYS)
 
 # --- what the fleet says ------------------------------------------------------------------
 
