@@ -6,16 +6,19 @@ next ones, with a clean body, are answered by `CheckinRoute.answer_plain_request
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 import ingest_api.routes as routes
 from ingest_api.app import create_app
 from models.settings import Settings
+from models.tables import AGENT_TABLE
 from models.vocabulary import EventType
 from tests.factories import registration, wire_event
 from tests.ingest_api.conftest import RegisteredAgent
@@ -121,3 +124,19 @@ def test_the_rate_limit_holds_in_the_plain_lane(
     assert plain_answers == [True, True]
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_an_empty_check_in_with_system_info_takes_the_plain_lane(
+    agent: RegisteredAgent, plain_answers: list[bool], engine: Engine
+) -> None:
+    assert agent.checkin([]).status_code == 200
+    response = agent.checkin([], system_info={"hostname": "web-01", "free_disk_bytes": 7})
+    assert plain_answers == [True]
+    assert (response.status_code, response.json()["accepted"]) == (200, 0)
+    with engine.connect() as connection:
+        stored = connection.scalar(
+            sa.select(AGENT_TABLE.c.system_info).where(
+                AGENT_TABLE.c.id == uuid.UUID(agent.agent_id)
+            )
+        )
+    assert stored == {"hostname": "web-01", "free_disk_bytes": 7}
