@@ -277,7 +277,6 @@ class _MultiRowInsert:
     head: str
     row_placeholders: str
     tail: str
-    keys: tuple[str, ...]
     # Per column before the JSON ones: its values, converted by the column type's bind
     # processor (None: as is).
     converters: tuple[Callable[[Sequence[Any]], Iterable[Any]] | None, ...]
@@ -306,7 +305,6 @@ class _MultiRowInsert:
             head=head + "VALUES ",
             row_placeholders=f"({', '.join(['?'] * len(keys))})",
             tail=tail,
-            keys=keys,
             converters=tuple(map(_converter, plain, processors)),
         )
 
@@ -351,8 +349,16 @@ assert EVENT_ROW_KEYS[_FIRST_JSON:] == _JSON_KEYS
 # Columns with few distinct values among a check-in's rows (the same for all of them, or
 # one of a few enum members): each distinct value is converted once per check-in.
 _FEW_VALUES = frozenset(
-    {"agent_id", "received_at", "event_type", "category", "phase", "status", "severity"}
-    | {"error_truncated"}
+    {
+        "agent_id",
+        "received_at",
+        "event_type",
+        "category",
+        "phase",
+        "status",
+        "severity",
+        "error_truncated",
+    }
 )
 
 
