@@ -25,7 +25,6 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,13 +46,7 @@ HOST_SEARCH = "host-0001"
 CHILD_TIMEOUT = 900
 
 
-@dataclass(frozen=True)
-class Options:
-    backends: tuple[str, ...]
-    agents: int
-    events: int
-    pg_admin_url: str
-    quick: bool = False
+Options = seed.SeededOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

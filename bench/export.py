@@ -16,7 +16,6 @@ exports alike. Run alone: `python -m bench.export [--backends sqlite] [--quick]`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -45,28 +44,19 @@ print(len(frame))
 """
 
 
-@dataclass(frozen=True)
-class Options:
-    backends: tuple[str, ...]
-    agents: int
-    events: int
-    pg_admin_url: str
-    quick: bool = False
+Options = seed.SeededOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("export")
     # Shared with the other benchmarks of `python -m bench` (which may define them first).
-    _add_shared(group, "--backends", default="sqlite,postgresql", help="comma-separated")
-    _add_shared(group, "--pg-admin-url", default=DEFAULT_PG_ADMIN_URL)
-    _add_shared(group, "--quick", action="store_true", help="a tiny run that only proves it works")
+    seed.add_once(parser, "--backends", default="sqlite,postgresql", help="comma-separated")
+    seed.add_once(parser, "--pg-admin-url", default=DEFAULT_PG_ADMIN_URL)
+    seed.add_once(
+        parser, "--quick", action="store_true", help="a tiny run that only proves it works"
+    )
     group.add_argument("--export-events", type=int, default=seed.DEFAULT_EVENTS)
     group.add_argument("--export-agents", type=int, default=seed.DEFAULT_AGENTS)
-
-
-def _add_shared(group: argparse._ArgumentGroup, name: str, **kwargs: object) -> None:
-    with contextlib.suppress(argparse.ArgumentError):
-        group.add_argument(name, **kwargs)  # type: ignore[arg-type]
 
 
 def options_from(args: argparse.Namespace) -> Options:

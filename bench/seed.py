@@ -996,25 +996,36 @@ QUICK_AGENTS = 50
 QUICK_EVENTS = 2_000
 
 
+@dataclass(frozen=True)
+class SeededOptions:
+    """The options of a benchmark that reads a seeded database (console, export)."""
+
+    backends: tuple[str, ...]
+    agents: int
+    events: int
+    pg_admin_url: str
+    quick: bool = False
+
+
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     """`--seed-agents`, `--seed-events`, `--pg-admin-url` and `--quick`, each added once.
 
     Every benchmark that reads the seeded database calls this, so that in `python -m
     bench` they share one set of options, and so one seeded database per backend.
     """
-    _add_once(
+    add_once(
         parser, "--seed-agents", type=int, default=DEFAULT_AGENTS, help="agents in the seeded db"
     )
-    _add_once(
+    add_once(
         parser, "--seed-events", type=int, default=DEFAULT_EVENTS, help="events in the seeded db"
     )
-    _add_once(
+    add_once(
         parser,
         "--pg-admin-url",
         default=DEFAULT_PG_ADMIN_URL,
         help="PostgreSQL maintenance database; a uniquely named database is made and dropped",
     )
-    _add_once(parser, "--quick", action="store_true", help="a tiny run that only proves it works")
+    add_once(parser, "--quick", action="store_true", help="a tiny run that only proves it works")
 
 
 def seed_size(args: argparse.Namespace) -> tuple[int, int]:
@@ -1024,7 +1035,8 @@ def seed_size(args: argparse.Namespace) -> tuple[int, int]:
     return args.seed_agents, args.seed_events
 
 
-def _add_once(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+def add_once(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """Add an option unless another benchmark of `python -m bench` added it already."""
     if flag not in parser._option_string_actions:
         parser.add_argument(flag, **kwargs)
 
