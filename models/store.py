@@ -269,7 +269,7 @@ class _MultiRowInsert:
     as `VALUES (..), (..)`; PostgreSQL as one array per column (`SELECT .. FROM
     unnest(..)`): a short statement whose placeholders psycopg converts once and caches,
     where a VALUES list of a thousand rows was rewritten in Python on every execution.
-    PostgreSQL's JSON arrives as text and is cast to jsonb there: psycopg would otherwise
+    PostgreSQL's JSON arrives as text and is cast to json there: psycopg would otherwise
     call a Python dumper for every value.
     """
 
@@ -290,11 +290,15 @@ class _MultiRowInsert:
         tail = " ON CONFLICT (agent_id, event_id) DO NOTHING"
         sql = None
         if _by_column(dialect):
-            types = ["text" if k in _JSON_KEYS else EVENTS.c[k].type.compile(dialect) for k in keys]
-            arrays = ", ".join(f"%b::{name}[]" for name in types)
+            types = [EVENTS.c[k].type.compile(dialect) for k in keys]
+            arrays = ", ".join(
+                f"%b::{'text' if k in _JSON_KEYS else name}[]"
+                for k, name in zip(keys, types, strict=True)
+            )
             names = [f"c{n}" for n in range(len(keys))]
             values = ", ".join(
-                f"{n}::jsonb" if k in _JSON_KEYS else n for n, k in zip(names, keys, strict=True)
+                f"{n}::{name}" if k in _JSON_KEYS else n
+                for n, k, name in zip(names, keys, types, strict=True)
             )
             sql = f"{head}SELECT {values} FROM unnest({arrays}) AS u({', '.join(names)}){tail}"
         # JSON columns are serialised by `encode` itself.

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from models.types import PortableJSON, UTCDateTime, enum_column_type
+from models.types import PayloadJSON, PortableJSON, UTCDateTime, enum_column_type
 from models.vocabulary import Category, EventType, MigrationState, Phase, Severity, Status
 
 SQLModel.metadata.naming_convention = {
@@ -31,8 +31,8 @@ def _utc(nullable: bool = False, **kwargs: Any) -> Any:
     return Field(sa_column=sa.Column(UTCDateTime(), nullable=nullable, **kwargs))
 
 
-def _json(nullable: bool = False) -> Any:
-    return Field(default_factory=dict, sa_column=sa.Column(PortableJSON, nullable=nullable))
+def _json(nullable: bool = False, type_: sa.types.TypeEngine[Any] = PortableJSON) -> Any:
+    return Field(default_factory=dict, sa_column=sa.Column(type_, nullable=nullable))
 
 
 class EnrollmentToken(SQLModel, table=True):
@@ -164,8 +164,8 @@ class UpdateEvent(SQLModel, table=True):
     migration_to: str | None = Field(default=None, max_length=255)
     occurred_at: datetime = _utc()
     received_at: datetime = _utc()
-    system_info: dict[str, Any] = _json()
-    details: dict[str, Any] = _json()
+    system_info: dict[str, Any] = _json(type_=PayloadJSON)
+    details: dict[str, Any] = _json(type_=PayloadJSON)
 
 
 # Core table objects, for bulk reads and writes that need no ORM objects.
