@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ingest_api.limits import BodySizeLimit
 from ingest_api.routes import router
 from ingest_api.runtime import Runtime
-from models.database import create_db_engine
+from models.database import WalCheckpoints, create_db_engine
 from models.settings import Settings
 from models.wire import MAX_REPORTED_ERRORS, safe_error
 
@@ -89,10 +89,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         active = engine if engine is not None else create_db_engine(settings=settings)
         runtime = app.state.runtime = Runtime.build(settings, active)
         runtime.checkin_writer.start()
+        checkpoints = WalCheckpoints(active)
+        checkpoints.start()
         try:
             yield
         finally:
             runtime.checkin_writer.stop()
+            checkpoints.stop()
             if owned:
                 active.dispose()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,8 @@ from sqlmodel import Session
 
 from models.settings import Settings
 from models.types import dumps_json
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseURLError(ValueError):
@@ -113,6 +117,61 @@ def _sqlite_engine(url: sa.URL, settings: Settings) -> Engine:
 _WRITE_OPTION = "redflag_write"
 SQLITE_CACHE_KIB = 16 * 1024
 SQLITE_WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
+class WalCheckpoints:
+    """Checkpoints of a SQLite database's WAL on a thread of their own.
+
+    SQLite checkpoints in the commit that takes the WAL past `wal_autocheckpoint` pages:
+    that commit copies up to 40 MiB into the database and syncs it while every check-in
+    queued behind it waits. Under single-event check-ins at half load that put p99 at
+    106-120 ms, against 23-25 ms with no checkpoint in the window (bench/ingest.py). Here
+    a PASSIVE checkpoint runs every `interval` seconds on another connection; it takes no
+    write lock, so commits go on meanwhile, and it keeps the WAL well under the automatic
+    threshold, which stays as the safety net. Durability is unchanged: a commit is in the
+    WAL either way.
+
+    `start` does nothing for PostgreSQL or an in-memory SQLite database.
+    """
+
+    def __init__(self, engine: Engine, *, interval: float = 1.0) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        url = self._engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoints", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self._thread.join()
+        self._thread = None
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint: (busy, frames in the WAL, frames checkpointed)."""
+        with self._engine.connect() as connection:
+            row = connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        busy, frames, done = row
+        return busy, frames, done
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            try:
+                self.checkpoint()
+            except Exception as exc:  # the next commit checkpoints by itself if need be
+                log.warning("WAL checkpoint failed, retrying in %.1f s: %s", self._interval, exc)
 
 
 @contextmanager

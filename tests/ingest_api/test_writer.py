@@ -12,8 +12,10 @@ from uuid import UUID
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Connection, Engine
 
+from ingest_api.app import create_app
 from ingest_api.service import create_enrollment_token, register_agent, revoke_agent
 from ingest_api.writer import CheckinWriter
 from models.database import write_transaction
@@ -134,3 +136,13 @@ def test_a_stopped_writer_refuses_work_instead_of_hanging(engine: Engine) -> Non
     writer = CheckinWriter(GatedTransactions(engine))
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(writer.store(_checkin(_agent(engine))))
+
+
+def test_the_api_checkpoints_sqlite_on_its_own_thread_while_it_runs(engine: Engine) -> None:
+    def checkpointing() -> bool:
+        return any(t.name == "wal-checkpoints" for t in threading.enumerate())
+
+    with TestClient(create_app(engine=engine)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert checkpointing() is (engine.dialect.name == "sqlite")
+    assert not checkpointing()
