@@ -100,8 +100,10 @@ class UpdateEvent(SQLModel, table=True):
     __tablename__ = "update_events"
     __table_args__ = (
         sa.UniqueConstraint("agent_id", "event_id"),
-        # The console's queries: newest first, per agent, per type/status, per group.
-        sa.Index(None, "occurred_at"),
+        # The console's queries: newest first, per agent, per type/status, per group. The
+        # key ends the time index so newest-first reads, ordered by (time, key), need no
+        # sort on PostgreSQL (SQLite keeps the key in every index anyway).
+        sa.Index(None, "occurred_at", "id"),
         sa.Index(None, "agent_id", "occurred_at"),
         sa.Index(None, "category", "occurred_at"),
         # Per type/status over time; its tail covers the migration-path matrix (path and

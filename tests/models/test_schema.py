@@ -35,7 +35,7 @@ def test_event_id_is_unique_per_agent(engine: sa.Engine) -> None:
 def test_console_query_indexes_exist(engine: sa.Engine) -> None:
     indexed = {tuple(ix["column_names"]) for ix in sa.inspect(engine).get_indexes("update_events")}
     assert {
-        ("occurred_at",),
+        ("occurred_at", "id"),
         ("agent_id", "occurred_at"),
         ("event_type", "status", "occurred_at", "migration_from", "migration_to", "agent_id"),
         ("fingerprint", "occurred_at", "agent_id"),
