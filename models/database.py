@@ -79,7 +79,7 @@ def _sqlite_engine(url: sa.URL, settings: Settings) -> Engine:
     # A file database gets a pool of connections, each with its own page cache: handing
     # out the one used last keeps the check-in writer on a warm cache instead of cycling
     # through every connection the API ever opened (28% more events/s in bench/ingest.py).
-    in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
+    in_memory = _in_memory(url)
     engine = sa.create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": settings.database_timeout_seconds},
@@ -114,6 +114,11 @@ def _sqlite_engine(url: sa.URL, settings: Settings) -> Engine:
     return engine
 
 
+def _in_memory(url: sa.URL) -> bool:
+    """Whether a SQLite URL names an in-memory database."""
+    return (url.database or "") in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
 _WRITE_OPTION = "redflag_write"
 SQLITE_CACHE_KIB = 16 * 1024
 SQLITE_WAL_AUTOCHECKPOINT_PAGES = 10_000
@@ -146,7 +151,7 @@ class WalCheckpoints:
 
     def start(self) -> None:
         url = self._engine.url
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        if url.get_backend_name() != "sqlite" or _in_memory(url):
             return
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoints", daemon=True)
@@ -162,8 +167,7 @@ class WalCheckpoints:
     def checkpoint(self) -> tuple[int, int, int]:
         """One PASSIVE checkpoint: (busy, frames in the WAL, frames checkpointed)."""
         with self._engine.connect() as connection:
-            row = connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
-        busy, frames, done = row
+            busy, frames, done = connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
         return busy, frames, done
 
     def _run(self) -> None:
