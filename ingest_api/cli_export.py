@@ -11,20 +11,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from models.analytics import EventFilters, parse_time
 from models.database import create_db_engine
-from models.export import (
-    DEFAULT_CHUNK_SIZE,
-    FORMATS,
-    PARQUET_COMPRESSIONS,
-    READERS,
-    ExportError,
-    export_events,
-    manifest_path,
-)
+from models.export_options import DEFAULT_CHUNK_SIZE, FORMATS, PARQUET_COMPRESSIONS, READERS
 from models.vocabulary import Category, EventType, Severity, Status
+
+# The export's machinery (pandas, pyarrow) is imported by the command that runs it: the
+# CLI wires this module in for every command, `serve` included.
+if TYPE_CHECKING:
+    from models.analytics import EventFilters
 
 
 def add_export_parser(
@@ -92,6 +88,8 @@ def add_export_parser(
 
 def filters_from_args(args: argparse.Namespace) -> EventFilters:
     """The EventFilters the export options ask for; a bad value raises ValueError."""
+    from models.analytics import EventFilters, parse_time
+
     times = {}
     for name in ("since", "until"):
         text = getattr(args, name)
@@ -121,6 +119,10 @@ def run_export(args: argparse.Namespace) -> int:
     """Handler of `export`: write the file and its manifest, print one summary line."""
     # Imported here: ingest_api.cli imports this module to wire the command in.
     from ingest_api.cli import CommandError
+    from ingest_api.launch import collector_paused
+
+    with collector_paused():
+        from models.export import ExportError, export_events, manifest_path
 
     try:
         filters = filters_from_args(args)

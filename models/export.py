@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Literal, TypeAlias
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -50,17 +50,16 @@ from models.analytics import (
     iter_events_frames,
     make_filters,
 )
+from models.export_options import (
+    DEFAULT_CHUNK_SIZE,
+    FORMATS,
+    PARQUET_COMPRESSIONS,
+    READERS,
+    ExportFormat,
+    ExportReader,
+    ParquetCompression,
+)
 
-ExportFormat: TypeAlias = Literal["csv", "parquet"]
-FORMATS: tuple[ExportFormat, ...] = ("csv", "parquet")
-# "auto": the Arrow reader where it can read the database, else the frames reader.
-ExportReader: TypeAlias = Literal["auto", "arrow", "frames"]
-READERS: tuple[ExportReader, ...] = ("auto", "arrow", "frames")
-DEFAULT_CHUNK_SIZE = 50_000
-# Parquet codecs. snappy, the format's usual default, is the fastest to write; zstd makes
-# files about 40% smaller (a million events: 61 MiB against 107 MiB) for about 1.4 s more.
-ParquetCompression: TypeAlias = Literal["snappy", "zstd", "lz4", "gzip", "none"]
-PARQUET_COMPRESSIONS: tuple[ParquetCompression, ...] = ("snappy", "zstd", "lz4", "gzip", "none")
 MANIFEST_SUFFIX = ".manifest.json"
 # A leading quote makes spreadsheets read the cell as text; cells starting with these
 # characters would otherwise be evaluated (OWASP, "CSV Injection").
