@@ -17,8 +17,7 @@ from models.database import create_db_engine
 from models.export_options import DEFAULT_CHUNK_SIZE, FORMATS, PARQUET_COMPRESSIONS, READERS
 from models.vocabulary import Category, EventType, Severity, Status
 
-# The export's machinery (pandas, pyarrow) is imported by the command that runs it: the
-# CLI wires this module in for every command, `serve` included.
+# The export's machinery (pandas, pyarrow) is imported when it runs (see ingest_api.cli).
 if TYPE_CHECKING:
     from models.analytics import EventFilters
 
