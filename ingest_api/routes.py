@@ -25,19 +25,17 @@ from ingest_api.service import (
     register_agent,
     token_owner,
 )
+from models.plain_checkin import PlainCheckin, parse_plain_checkin
 from models.store import Checkin, ConcurrentInsert, InactiveAgent, prepare_rows
 from models.wire import (
-    CheckinFields,
     CheckinRequest,
     CheckinResponse,
     Event,
-    EventFields,
-    EventJSON,
     RegistrationRequest,
     RegistrationResponse,
     RejectedEvent,
+    ReportedEvent,
     describe_validation_error,
-    parse_plain_checkin,
 )
 
 
@@ -218,13 +216,7 @@ class CheckinRoute(FastJSONRoute):
         if checkin is None:
             return None
         result = await store_checkin(
-            runtime,
-            agent_id,
-            checkin,
-            checkin.events,
-            [],
-            hostname=owner.hostname,
-            events_json=checkin.events_json,
+            runtime, agent_id, checkin, checkin.events, [], hostname=owner.hostname
         )
         return Response(result.model_dump_json(), media_type="application/json")
 
@@ -270,18 +262,16 @@ router.add_api_route(
 async def store_checkin(
     runtime: Runtime,
     agent_id: UUID,
-    envelope: CheckinFields,
-    valid: Sequence[EventFields],
+    envelope: CheckinRequest | PlainCheckin,
+    valid: Sequence[ReportedEvent],
     rejected: list[RejectedEvent],
     *,
     hostname: str | None = None,
-    events_json: Sequence[EventJSON] | None = None,
 ) -> CheckinResponse:
     """Store a proven agent's validated events, within its rate limit, and say how it went.
 
     Given the agent's hostname, the rows are made here, on the event loop, rather than by
-    the one writer every check-in queues for (`models.store.prepare_rows`), with the JSON
-    the events' checks serialised.
+    the one writer every check-in queues for (`models.store.prepare_rows`).
     """
     wait = runtime.rate_limiter.acquire(agent_id)
     if wait > 0:
@@ -299,7 +289,6 @@ async def store_checkin(
             hostname=hostname,
             events=valid,
             received_at=received_at,
-            events_json=events_json,
         )
     checkin = Checkin(
         agent_id, valid, received_at, envelope.agent_version, envelope.system_info, prepared

@@ -32,7 +32,7 @@ from models.vocabulary import (
     migration_state_after,
     severity_for,
 )
-from models.wire import EventFields, EventJSON
+from models.wire import ReportedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,7 @@ _MIGRATION = Category.MIGRATION
 
 
 def _event_values(
-    event: EventFields, agent_id: UUID, hostname: str, received_at: datetime
+    event: ReportedEvent, agent_id: UUID, hostname: str, received_at: datetime
 ) -> tuple[Any, ...]:
     kind = kind_of(event.event_type)
     message = event.error_message
@@ -96,7 +96,7 @@ def _event_values(
 
 
 def event_row(
-    event: EventFields, *, agent_id: UUID, hostname: str, received_at: datetime
+    event: ReportedEvent, *, agent_id: UUID, hostname: str, received_at: datetime
 ) -> dict[str, Any]:
     """The `update_events` row for a validated event, with the server's derived fields."""
     values = _event_values(event, agent_id, hostname, received_at)
@@ -137,7 +137,7 @@ class Checkin:
     """One agent's check-in: its validated events and what it says about itself."""
 
     agent_id: UUID
-    events: Sequence[EventFields]
+    events: Sequence[ReportedEvent]
     received_at: datetime
     agent_version: str | None = None
     system_info: dict[str, Any] | None = None
@@ -161,9 +161,8 @@ def prepare_rows(
     *,
     agent_id: UUID,
     hostname: str,
-    events: Sequence[EventFields],
+    events: Sequence[ReportedEvent],
     received_at: datetime,
-    events_json: Sequence[EventJSON] | None = None,
 ) -> PreparedRows:
     """Derive (fingerprints included) and encode a check-in's rows.
 
@@ -172,7 +171,7 @@ def prepare_rows(
     its database and for the hostname it finds on the agent's row, and does it otherwise.
     """
     values = [_event_values(event, agent_id, hostname, received_at) for event in events]
-    encoded = _multi_row_insert(dialect).encode(values, events_json) if values else []
+    encoded = _multi_row_insert(dialect).encode(values) if values else []
     return PreparedRows(dialect, hostname, values, encoded)
 
 
@@ -312,28 +311,15 @@ class _MultiRowInsert:
             converters=tuple(map(_converter, plain, processors)),
         )
 
-    def encode(
-        self, rows: Sequence[tuple[Any, ...]], events_json: Sequence[EventJSON] | None = None
-    ) -> list[tuple[Any, ...]]:
-        """Rows of values in `EVENT_ROW_KEYS` order, as the driver gets them.
-
-        `events_json`, per row: its system_info and details as `dumps_json` writes them
-        (`models.wire.PlainCheckin.events_json`), used as they are where known.
-        """
+    def encode(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Rows of values in `EVENT_ROW_KEYS` order, as the driver gets them."""
         # Column by column, so that the loops run in C and only the processors in Python.
         columns = list(zip(*rows, strict=True))
         encoded = [
             values if convert is None else convert(values)
             for values, convert in zip(columns[:_FIRST_JSON], self.converters, strict=True)
         ]
-        texts = zip(*events_json, strict=True) if events_json else ((None,) * len(rows),) * 2
-        for values, known in zip(columns[_FIRST_JSON:], texts, strict=True):
-            encoded.append(
-                [
-                    dumps_json(value) if text is None else text.decode()
-                    for value, text in zip(values, known, strict=True)
-                ]
-            )
+        encoded += ([*map(dumps_json, values)] for values in columns[_FIRST_JSON:])
         return list(zip(*encoded, strict=True))
 
     def statement(self, encoded: Sequence[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
@@ -414,7 +400,7 @@ def store_events(
     connection: Connection,
     *,
     agent_id: UUID,
-    events: Sequence[EventFields],
+    events: Sequence[ReportedEvent],
     received_at: datetime,
     agent_version: str | None = None,
     system_info: dict[str, Any] | None = None,

@@ -63,15 +63,21 @@ PortableJSON: sa.types.TypeEngine[Any] = sa.JSON().with_variant(JSONB(), "postgr
 PayloadJSON: sa.types.TypeEngine[Any] = sa.JSON()
 
 
+class JSONText(str):
+    """A JSON column's value as JSON text already, checked: stored as it is, not as a
+    string (`dumps_json`). The ingest API's plain lane keeps an event's system_info and
+    details as the agent sent them (`models.plain_checkin`)."""
+
+    __slots__ = ()
+
+
 def dumps_json(value: Any) -> str:
     """The text of a JSON column value, for the engines' JSON columns: pydantic-core's
-    compact UTF-8 serialisation.
-
-    It is what the ingest API's column checks compute anyway (`models.wire`), so a plain
-    check-in's JSON goes to the database as the check serialised it, and at about half the
-    cost of `json.dumps`. Rows written by `json.dumps` before (ASCII, ", " and ": ") read
-    back the same.
+    compact UTF-8 serialisation (about half the cost of `json.dumps`), or a `JSONText`'s
+    own. Rows written by `json.dumps` before (ASCII, ", " and ": ") read back the same.
     """
+    if type(value) is JSONText:
+        return str.__str__(value)
     return pydantic_core.to_json(value).decode()
 
 

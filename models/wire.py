@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Protocol, Self
 from uuid import UUID
 
 import pydantic_core
@@ -22,7 +22,6 @@ from pydantic import (
     ConfigDict,
     Field,
     GetPydanticSchema,
-    PrivateAttr,
     StringConstraints,
     field_validator,
     model_validator,
@@ -163,13 +162,8 @@ class _Strict(BaseModel):
 
 
 class EventFields(_Strict):
-    """An event's fields, with the checks pydantic-core makes of them by itself.
-
-    `Event` adds the checks written in Python (`check_event`). A check-in body without a
-    bad event is validated straight from its bytes into these and the same checks are made
-    in one pass over the events (`parse_plain_checkin`), which costs the ingest API about
-    60% of what validating parsed JSON event by event does.
-    """
+    """An event's fields, with the checks pydantic-core makes of them by itself; `Event`
+    adds the checks written in Python."""
 
     event_id: UUID
     event_type: EventType
@@ -197,7 +191,43 @@ def plausible_time(value: datetime) -> datetime:
     return utc
 
 
-def agree_with_vocabulary(event: EventFields) -> None:
+class Outcome(Protocol):
+    """What `agree_with_vocabulary` reads of an event and may correct."""
+
+    event_type: EventType
+    status: Status
+    error_message: str | None
+    error_truncated: bool
+
+
+class ReportedEvent(Protocol):
+    """An event's values as the server stores them: an `Event`, or an event of the ingest
+    API's plain lane (`models.plain_checkin.PlainEvent`, whose JSON columns are text)."""
+
+    @property
+    def event_id(self) -> UUID: ...
+    @property
+    def event_type(self) -> EventType: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def error_truncated(self) -> bool: ...
+    @property
+    def migration_from(self) -> str | None: ...
+    @property
+    def migration_to(self) -> str | None: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    # An object, or its JSON already written (`models.types.JSONText`).
+    @property
+    def system_info(self) -> Any: ...
+    @property
+    def details(self) -> Any: ...
+
+
+def agree_with_vocabulary(event: Outcome) -> None:
     """Check the status against the event type and cut an overlong error message, in place."""
     expected = kind_of(event.event_type).status
     if event.status is not expected:
@@ -243,76 +273,18 @@ RawEvent = Annotated[
 ]
 
 
-class CheckinFields(_Strict):
-    """The check-in envelope's fields besides its events, with pydantic-core's checks."""
-
-    agent_version: Annotated[str, AGENT_VERSION_LENGTH]
-    system_info: dict[str, Any] | None = None
-
-
 def _optional_system_info(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if value is None else _check_system_info(value)
 
 
-class CheckinRequest(CheckinFields):
+class CheckinRequest(_Strict):
     """The check-in envelope. Events stay raw here: each is validated on its own."""
 
     agent_version: Annotated[CleanStr, AGENT_VERSION_LENGTH]
+    system_info: dict[str, Any] | None = None
     events: list[RawEvent] = Field(default_factory=list, max_length=MAX_EVENTS_PER_CHECKIN)
 
     _system_info = field_validator("system_info")(_optional_system_info)
-
-
-# An event's system_info and details as JSON (`plain_json`), each None where unknown.
-EventJSON = tuple[bytes | None, bytes | None]
-
-
-class PlainCheckin(CheckinFields):
-    """A check-in whose every event is valid, as `parse_plain_checkin` returns it."""
-
-    events: list[EventFields] = Field(default_factory=list, max_length=MAX_EVENTS_PER_CHECKIN)
-    _events_json: list[EventJSON] = PrivateAttr(default_factory=list)
-
-    @property
-    def events_json(self) -> list[EventJSON]:
-        """Per event, the JSON its columns' checks serialised: what `dumps_json` in
-        `models.types`, the engines' JSON serializer, makes of them (pydantic-core's)."""
-        return self._events_json
-
-
-def check_event(event: EventFields) -> EventJSON:
-    """The checks `Event` adds to its fields, made in place on validated fields; returns
-    the JSON of its system_info and details where the checks serialised them unchanged."""
-    event.timestamp = plausible_time(event.timestamp)
-    system_info = plain_json(event.system_info, MAX_SYSTEM_INFO_BYTES)
-    if system_info is None:
-        event.system_info = _check_system_info(event.system_info)
-    details = plain_json(event.details, MAX_DETAILS_BYTES)
-    if details is None:
-        event.details = _check_details(event.details)
-    agree_with_vocabulary(event)
-    return system_info, details
-
-
-def parse_plain_checkin(body: bytes) -> PlainCheckin | None:
-    """The check-in in a JSON body, with exactly the values that validating it as a
-    `CheckinRequest` and then each event as an `Event` gives, if every event is valid and
-    no text needs cleaning; None for anything else, which the caller validates that way to
-    learn what is wrong with which event.
-
-    The text needs no cleaning: a body without a NUL escape cannot hold a NUL (JSON has no
-    raw control characters in strings), and pydantic-core's JSON parser refuses lone
-    surrogates.
-    """
-    if b"\\u0000" in body:
-        return None
-    try:
-        checkin = PlainCheckin.model_validate_json(body)
-        checkin.system_info = _optional_system_info(checkin.system_info)
-        checkin.events_json.extend(map(check_event, checkin.events))
-    except ValueError:  # pydantic's ValidationError is one
-        return None
-    return checkin
 
 
 class RejectedEvent(BaseModel):

@@ -15,9 +15,10 @@ from ingest_api.service import create_enrollment_token, register_agent, revoke_a
 from models import store
 from models.database import write_transaction
 from models.fingerprint import fingerprint
+from models.plain_checkin import parse_plain_checkin
 from models.tables import AGENT_TABLE, EVENT_TABLE
 from models.vocabulary import EventType, MigrationState
-from models.wire import Event, RegistrationRequest, parse_plain_checkin
+from models.wire import Event, RegistrationRequest
 from tests.factories import registration, wire_event
 
 NOW = datetime.now(UTC)
@@ -200,42 +201,41 @@ def test_rows_prepared_ahead_are_used_only_for_the_hostname_on_the_agent_row(
     assert stored == [expected, expected]
 
 
-def test_json_the_checks_serialised_is_stored_as_the_serializer_writes_it(
+def test_a_plain_check_ins_json_is_stored_as_sent_and_reads_back_as_the_general_paths(
     engine: Engine,
 ) -> None:
-    """A plain check-in's JSON columns go to the database as its checks serialised them:
-    the very text the column's own serializer gives the same values."""
+    """The plain lane stores an event's JSON columns as the agent wrote them (`JSONText`);
+    the general path stores the serializer's text of the objects it parsed. Both read back
+    as the same values, on either database."""
     events = [
-        wire_event(details={"caf\u00e9": ["\U0001f600", 1.5, 1e-7, None, True], "n": 10**20}),
-        wire_event(
-            EventType.UPDATE_INSTALLED, system_info={"a": [[1]], "b": [[2]], "c": [[3]], "d": [4]}
-        ),
+        wire_event(details={"caf\u00e9": ["\U0001f600", 1.5, -0.25, None, True], "n": 10**20}),
+        wire_event(EventType.UPDATE_INSTALLED, system_info={"a": [[1]], "b": {"c": [2]}}),
         wire_event(EventType.UPDATE_DISCOVERED, details={}),
     ]
-    plain = parse_plain_checkin(json.dumps({"agent_version": "1", "events": events}).encode())
+    body = json.dumps({"agent_version": "1", "events": events}, ensure_ascii=False).encode()
+    plain = parse_plain_checkin(body)
     assert plain is not None
-    assert plain.events_json[1][0] is None  # too many brackets to vouch for: serialised again
-    texts: dict[UUID, list[tuple[str, str]]] = {}
-    for events_json in (plain.events_json, None):
+    general = [Event.model_validate(event) for event in events]
+    stored: dict[str, list[tuple[Any, ...]]] = {}
+    for lane, validated in (("plain", plain.events), ("general", general)):
         agent_id = _agent(engine)
         prepared = store.prepare_rows(
-            engine.dialect,
-            agent_id=agent_id,
-            hostname="web-01",
-            events=plain.events,
-            received_at=NOW,
-            events_json=events_json,
+            engine.dialect, agent_id=agent_id, hostname="web-01", events=validated, received_at=NOW
         )
-        checkin = store.Checkin(agent_id, plain.events, NOW, prepared=prepared)
+        checkin = store.Checkin(agent_id, validated, NOW, prepared=prepared)
         with write_transaction(engine) as connection:
             store.store_checkins(connection, [checkin])
         with engine.connect() as connection:
-            as_text = sa.select(
-                sa.cast(EVENT_TABLE.c.system_info, sa.Text), sa.cast(EVENT_TABLE.c.details, sa.Text)
-            ).where(EVENT_TABLE.c.agent_id == agent_id)
-            texts[agent_id] = sorted(map(tuple, connection.execute(as_text)))
-    with_checks, serialised_again = texts.values()
-    assert with_checks == serialised_again
+            columns = (EVENT_TABLE.c.event_id, EVENT_TABLE.c.system_info, EVENT_TABLE.c.details)
+            as_text = [sa.cast(column, sa.Text) for column in columns[1:]]
+            query = sa.select(*columns, *as_text).where(EVENT_TABLE.c.agent_id == agent_id)
+            stored[lane] = sorted(map(tuple, connection.execute(query)))
+    assert [row[:3] for row in stored["plain"]] == [row[:3] for row in stored["general"]]
+    sent = {event["event_id"]: event for event in events}
+    for event_id, _, _, system_info_text, details_text in stored["plain"]:
+        sent_event = sent[str(event_id)]
+        assert system_info_text == json.dumps(sent_event["system_info"], ensure_ascii=False)
+        assert details_text == json.dumps(sent_event["details"], ensure_ascii=False)
 
 
 def test_agents_changed_alike_in_one_group_each_get_their_own_values(engine: Engine) -> None:

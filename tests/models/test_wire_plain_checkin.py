@@ -13,12 +13,14 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from pydantic import ValidationError
 
 from ingest_api.routes import parse_json_body, validate_events
+from models.plain_checkin import parse_plain_checkin
 from models.vocabulary import EventType
-from models.wire import MAX_ERROR_MESSAGE_BYTES, CheckinRequest, parse_plain_checkin
+from models.wire import MAX_ERROR_MESSAGE_BYTES, CheckinRequest
 from tests.factories import wire_event
 
 NOW = datetime.now(UTC)
@@ -48,6 +50,11 @@ _ODD_VALUES: list[Any] = [
     "y" * (MAX_ERROR_MESSAGE_BYTES + 10),
     "\u00e9" * (MAX_ERROR_MESSAGE_BYTES // 2 + 3),
     "2026-11-27T10:00:00Z",
+    "2026-11-27T10:00:00.1234567Z",
+    "2026-11-27T10:00:00.9999999+01:00",
+    "2026-11-27t10:00:00z",
+    "2026-11-27T10:00Z",
+    "0001-01-01T00:00:00+01:00",
     "2026-11-27T10:00:00",
     "2026-11-27 10:00:00+05:30",
     "1999-12-31T23:59:59Z",
@@ -74,6 +81,8 @@ _ODD_VALUES: list[Any] = [
     {"k\x00": "v"},
     {"k": "\ud800"},
     {"steps": [{"name": s, "ok": True} for s in "abcdefghij"]},
+    {"f": 1e-7, "g": 1e300, "h": 12345678901234567890123, "i": -0.0},
+    {"nested": {"list": [1, {"x": "\u00e9\u2028"}]}, "": ""},
 ]
 _FIELDS = [
     "event_id",
@@ -112,12 +121,13 @@ def _plain(body: bytes) -> Any:
     checkin = parse_plain_checkin(body)
     if checkin is None:
         return None
-    return (
-        checkin.agent_version,
-        checkin.system_info,
-        [event.model_dump() for event in checkin.events],
-        0,
-    )
+    events = []
+    for event in checkin.events:
+        values = msgspec.structs.asdict(event)
+        # Kept as the JSON text sent; the general path keeps the objects it parsed.
+        values.update(system_info=json.loads(event.system_info), details=json.loads(event.details))
+        events.append(values)
+    return (checkin.agent_version, checkin.system_info, events, 0)
 
 
 def _body(events: list[Any], **envelope: Any) -> bytes:
@@ -203,6 +213,24 @@ def test_odd_envelopes_are_left_to_the_general_path_or_agree_with_it(
         _body([wire_event()]).replace(b'"details": {', b'"details": {"a": "\\ud83d\\ude00", '),
         _body([wire_event()]).replace(b'"details": {', b'"details": {"a": "\\udc00", '),
         _body([wire_event()]).replace(b'"details": {', b'"details": {"a": NaN, '),
+        _body([wire_event()]).replace(b'"details": {', b'"details": {"a": 1E400, '),
+        _body([wire_event()]).replace(b'"details": {', b'"details": {"a": 1e5, '),
+        _body([wire_event()]).replace(b'"details": {', b'"details": {"a": "\xff\xfe", '),
+        _body([wire_event()]).replace(b'"details": {', b'"details": {"a": "\xc3\xa9", '),
+        _body([wire_event()]).replace(b'"details": {', b'"details": \n {\t"a" :\r\n1 , '),
+        _body([wire_event()]).replace(b'"details": {', b'"details": {"a": "\\ud800", '),
+        _body([wire_event()]).replace(b'"details": {', b'"details": {"a": "\\u00e9\\/", '),
+        _body([wire_event()]).replace(b'"details": {', b'"details": {"a": 1}, "x": {'),
+        _body([wire_event()]).replace(
+            b'"agent_version"', b'"system_info": 10e400, "agent_version"'
+        ),
+        _body([wire_event()]).replace(b'"agent_version"', b'"system_info": null, "agent_version"'),
+        _body([wire_event()]).replace(
+            b'"agent_version"', b'"system_info": {"a": 1e5}, "agent_version"'
+        ),
+        _body([wire_event()]).replace(
+            b'"timestamp": "', b'"timestamp": "2026-01-01T00:00:00Z", "timestamp": "'
+        ),
     ],
 )
 def test_odd_bodies_are_left_to_the_general_path_or_agree_with_it(body: bytes) -> None:
@@ -213,3 +241,29 @@ def test_a_failed_event_without_a_message_is_left_to_the_general_path() -> None:
     body = _body([wire_event(EventType.UPDATE_FAILED, error_message="   ")])
     assert parse_plain_checkin(body) is None
     assert _general(body)[3] == 1
+
+
+def _with_details(text: bytes) -> bytes:
+    return _body([wire_event(details="DETAILS")]).replace(b'"DETAILS"', text)
+
+
+@pytest.mark.parametrize(
+    ("details", "plain"),
+    [
+        (b'{"a": "\xc3\xa9"}', True),  # UTF-8 as sent, unescaped
+        (b'\n {\t"a" :\r\n[1, 2.5] }', True),  # whitespace anywhere JSON allows it
+        (b'{"a": "x", "a": "y"}', True),  # a repeated key: the last one, on both paths
+        (b'{"a": 1e5}', False),  # exponent form: its serialisation may be longer
+        (b'{"a": 1E400}', False),  # beyond a double: infinity, which the general path refuses
+        (b'{"a": "\xff"}', False),  # not UTF-8
+        (b"[1]", False),  # not an object
+    ],
+)
+def test_json_kept_as_text_is_vouched_for_or_left_to_the_general_path(
+    details: bytes, plain: bool
+) -> None:
+    body = _with_details(details)
+    assert _assert_agree(body) is plain
+    checkin = parse_plain_checkin(body)
+    if checkin is not None:
+        assert checkin.events[0].details.encode() == details.strip()
