@@ -120,13 +120,15 @@ class UpdateEvent(SQLModel, table=True):
         # Covers the error-group queries (distinct agents per fingerprint over time, the
         # newest event key); SQLite keeps the key (rowid) in every index by itself.
         sa.Index(None, "fingerprint", "occurred_at", "agent_id", postgresql_include=["id"]),
-        # Serves "error text contains" (ILIKE '%text%') on PostgreSQL; SQLite has no
-        # trigram index, so the index exists there only (see ONLY_ON).
+        # Serves "error text contains" (ILIKE '%text%', which implies the condition) on
+        # PostgreSQL; SQLite has no trigram index, so the index exists there only (see
+        # ONLY_ON). Only failures and warnings carry a message.
         sa.Index(
             "ix_update_events_error_message_trgm",
             "error_message",
             postgresql_using="gin",
             postgresql_ops={"error_message": "gin_trgm_ops"},
+            postgresql_where=sa.text("error_message IS NOT NULL"),
             info={ONLY_ON: "postgresql"},
         ).ddl_if(dialect="postgresql"),
         # Serves "error text contains" on SQLite: only failures and warnings carry a
