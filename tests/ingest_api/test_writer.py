@@ -109,6 +109,47 @@ def test_waiting_checkins_share_one_transaction_and_get_their_own_results(
     assert _stored(engine) == 6
 
 
+def test_a_group_stops_growing_at_its_cap_and_the_rest_waits_for_the_next(
+    engine: Engine,
+) -> None:
+    agent_id = _agent(engine)
+    transactions = GatedTransactions(engine)
+    writer = RecordingWriter(transactions, max_events_per_group=5)
+    writer.groups = []
+
+    async def scenario() -> list[StoreResult]:
+        first = asyncio.ensure_future(writer.store(_checkin(agent_id, 1)))
+        await asyncio.to_thread(transactions.entered.wait, 30)
+        rest = [asyncio.ensure_future(writer.store(_checkin(agent_id, 2))) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        transactions.gate.set()
+        return await asyncio.gather(first, *rest)
+
+    writer.start()
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        writer.stop()
+
+    # 2 + 2 events, then a third check-in crosses the cap of 5 and closes the group.
+    assert writer.groups == [1, 3, 1]
+    assert sum(result.accepted for result in results) == 9
+    assert _stored(engine) == 9
+
+
+def test_postgresql_writes_smaller_groups_on_two_threads_sqlite_larger_on_one(
+    engine: Engine,
+) -> None:
+    def writer_threads() -> int:
+        return sum(t.name.startswith("checkin-writer-") for t in threading.enumerate())
+
+    with TestClient(create_app(engine=engine)) as client:
+        assert client.get("/healthz").status_code == 200
+        writer = client.app.state.runtime.checkin_writer
+        expected = {"postgresql": (2, 1000), "sqlite": (1, 5000)}[engine.dialect.name]
+        assert (writer_threads(), writer._max_events) == expected
+
+
 def test_a_failed_group_answers_every_checkin_in_it_and_stores_none(engine: Engine) -> None:
     agent_id = _agent(engine)
     transactions = GatedTransactions(engine)
