@@ -133,17 +133,23 @@ async def authenticated_agent(agent_id: UUID, credentials: BearerDep, runtime: R
     """
     if credentials is None or not credentials.credentials:
         raise _unauthorized("missing bearer token")
-    token_hash = hash_token(credentials.credentials)
-    owner = runtime.agent_tokens.get(token_hash)
-    if owner is None:
-        try:
-            owner = await run_in_threadpool(_token_owner, runtime, token_hash)
-        except Unauthorized as exc:
-            raise _unauthorized(str(exc)) from None
-        runtime.agent_tokens.put(token_hash, owner)
+    try:
+        owner = await proven_owner(runtime, hash_token(credentials.credentials))
+    except Unauthorized as exc:
+        raise _unauthorized(str(exc)) from None
     if owner.agent_id != agent_id:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this token belongs to another agent")
     return agent_id
+
+
+async def proven_owner(runtime: Runtime, token_hash: str) -> TokenOwner:
+    """The owner of a token, from the cache or looked up (in the thread pool) and cached;
+    raises Unauthorized for a token that proves nothing."""
+    owner = runtime.agent_tokens.get(token_hash)
+    if owner is None:
+        owner = await run_in_threadpool(_token_owner, runtime, token_hash)
+        runtime.agent_tokens.put(token_hash, owner)
+    return owner
 
 
 def _token_owner(runtime: Runtime, token_hash: str) -> TokenOwner:
@@ -193,12 +199,13 @@ def register(
 
 
 class CheckinRoute(FastJSONRoute):
-    """The check-in route. It answers the common check-in itself: a token proven in the last
-    few seconds (`authenticated_agent`'s cache) for the agent in the path, and a JSON body
-    whose every event is valid, validated straight from its bytes (`parse_plain_checkin`).
-    That skips FastAPI's dependency and body handling, which cost more than storing the
-    events. Any other request (a token to look up, an odd body, a bad event) goes through
-    FastAPI, which answers it as the contract says; both store with `store_checkin`.
+    """The check-in route. It answers the common check-in itself: a valid token of the agent
+    in the path (from `authenticated_agent`'s cache, or looked up and cached as it does),
+    and a JSON body whose every event is valid, checked straight from its bytes
+    (`parse_plain_checkin`). That skips FastAPI's dependency and body handling, which cost
+    more than storing the events. Any other request (a bad or foreign token, an odd body, a
+    bad event) goes through FastAPI, which answers it as the contract says; both store with
+    `store_checkin`.
     """
 
     async def answer_plain_request(self, request: Request) -> Response | None:
@@ -207,8 +214,13 @@ class CheckinRoute(FastJSONRoute):
         token = _bearer_token(request.headers.get("authorization"))
         if agent_id is None or token is None:
             return None
-        owner = runtime.agent_tokens.get(hash_token(token))
-        if owner is None or owner.agent_id != agent_id:
+        try:
+            # Looked up here too: an agent checks in less often than the cache keeps a
+            # token, so most check-ins of a fleet find theirs missing.
+            owner = await proven_owner(runtime, hash_token(token))
+        except Unauthorized:
+            return None  # FastAPI's handling answers it with its 401
+        if owner.agent_id != agent_id:
             return None
         if request.headers.get("content-type", "").partition(";")[0].strip() != "application/json":
             return None

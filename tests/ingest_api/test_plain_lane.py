@@ -1,7 +1,8 @@
 """The check-in route's plain lane answers exactly as FastAPI's handling of the route does.
 
-An agent's first check-in goes through FastAPI (its token is looked up and cached); the
-next ones, with a clean body, are answered by `CheckinRoute.answer_plain_request`.
+A check-in with a valid token of the agent in its path (cached, or looked up and cached)
+and a clean body is answered by `CheckinRoute.answer_plain_request`; anything else by
+FastAPI.
 """
 
 from __future__ import annotations
@@ -45,22 +46,35 @@ def _shape(response: Any) -> tuple[int, str, dict[str, Any]]:
     return response.status_code, response.headers["content-type"], body
 
 
-def test_the_second_check_in_takes_the_plain_lane_and_gets_the_same_answer(
+def test_a_check_in_takes_the_plain_lane_and_gets_the_answer_fastapi_gives(
     agent: RegisteredAgent, plain_answers: list[bool]
 ) -> None:
     first = [wire_event(), wire_event(EventType.UPDATE_INSTALLED)]
-    second = [wire_event(), wire_event(EventType.UPDATE_INSTALLED)]
+    # A string for a boolean: pydantic's lax reading takes it, the plain lane leaves it.
+    second = [wire_event(error_truncated="false"), wire_event(EventType.UPDATE_INSTALLED)]
 
-    through_fastapi = agent.checkin(first)
-    assert plain_answers == []  # the token was not known yet
-    through_plain = agent.checkin(second)
-    assert plain_answers == [True]
+    through_plain = agent.checkin(first)
+    assert plain_answers == [True]  # the token looked up by the lane itself, then cached
+    through_fastapi = agent.checkin(second)
+    assert plain_answers == [True, False]
 
     assert _shape(through_plain) == _shape(through_fastapi)
     assert through_plain.json()["server_time"].endswith("Z")
     replay = agent.checkin(first)
-    assert plain_answers == [True, True]
+    assert plain_answers == [True, False, True]
     assert (replay.json()["accepted"], replay.json()["duplicates"]) == (0, 2)
+
+
+def test_an_unknown_token_gets_fastapis_401_from_the_plain_lane(
+    agent: RegisteredAgent, plain_answers: list[bool]
+) -> None:
+    response = agent.client.post(
+        f"/api/v1/agents/{agent.agent_id}/checkin",
+        json={"agent_version": "0.2.0", "events": [wire_event()]},
+        headers={"Authorization": "Bearer not-a-token"},
+    )
+    assert (response.status_code, response.headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert plain_answers == []  # refused before the body was read
 
 
 def test_a_bad_event_is_answered_by_fastapi_with_the_rest_stored(
@@ -68,7 +82,7 @@ def test_a_bad_event_is_answered_by_fastapi_with_the_rest_stored(
 ) -> None:
     agent.checkin([])
     response = agent.checkin([wire_event(), {"event_id": "nope"}])
-    assert plain_answers == [False]
+    assert plain_answers == [True, False]
     body = response.json()
     assert (response.status_code, body["accepted"], len(body["rejected"])) == (200, 1, 1)
 
@@ -99,7 +113,7 @@ def test_requests_the_plain_lane_does_not_know_are_answered_by_fastapi(
         headers={**agent.headers, "Content-Type": "application/json", **headers},
     )
     assert response.status_code == status, response.text
-    assert plain_answers == []
+    assert plain_answers == [True]  # the first check-in only
 
 
 @pytest.fixture
@@ -121,7 +135,7 @@ def test_the_rate_limit_holds_in_the_plain_lane(
     assert agent.checkin([wire_event()]).status_code == 200
     assert agent.checkin([wire_event()]).status_code == 200
     refused = agent.checkin([wire_event()])
-    assert plain_answers == [True, True]
+    assert plain_answers == [True, True, True]
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
 
@@ -131,7 +145,7 @@ def test_an_empty_check_in_with_system_info_takes_the_plain_lane(
 ) -> None:
     assert agent.checkin([]).status_code == 200
     response = agent.checkin([], system_info={"hostname": "web-01", "free_disk_bytes": 7})
-    assert plain_answers == [True]
+    assert plain_answers == [True, True]
     assert (response.status_code, response.json()["accepted"]) == (200, 0)
     with engine.connect() as connection:
         stored = connection.scalar(

@@ -62,6 +62,24 @@ def test_cache_entries_expire_and_the_oldest_go_first() -> None:
     assert cache.get("c") is None
 
 
+def test_tokens_proven_together_do_not_all_expire_together() -> None:
+    now = [0.0]
+    draws = iter([0.0, 0.5, 1.0])
+    cache = TokenCache(ttl=10, jitter=0.25, clock=lambda: now[0], rng=lambda: next(draws))
+    owners = {name: uuid.uuid4() for name in "abc"}
+    for name, owner in owners.items():
+        cache.put(name, owner)
+    now[0] = 7.4
+    assert [cache.get(name) for name in "abc"] == list(owners.values())
+    now[0] = 7.5  # the last quarter of the lifetime: c's entry (drawn 1.0) is over
+    assert cache.get("c") is None
+    now[0] = 8.75
+    assert cache.get("b") is None
+    assert cache.get("a") == owners["a"]
+    now[0] = 10.0
+    assert cache.get("a") is None
+
+
 def test_zero_lifetime_turns_the_cache_off() -> None:
     cache = TokenCache(ttl=0)
     cache.put("a", uuid.uuid4())
