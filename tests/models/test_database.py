@@ -41,7 +41,7 @@ def test_sqlite_connections_are_tuned_for_concurrency(tmp_path: object) -> None:
         assert pragma("foreign_keys") == 1
         assert pragma("busy_timeout") == 5000
         assert pragma("cache_size") == -16 * 1024  # KiB
-        assert pragma("wal_autocheckpoint") == 10_000
+        assert pragma("wal_autocheckpoint") == 50_000
     engine.dispose()
 
 

@@ -103,6 +103,35 @@ def test_a_failed_checkpoint_is_logged_and_the_next_one_still_runs(
     assert "disk I/O error" in caplog.text
 
 
+def test_checkpoints_take_no_connection_from_the_pool(
+    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection the checkpoint thread handed back would be the next one the
+    writer gets (the pool gives out the last returned), its page cache stale: the thread
+    takes one connection out of the pool for good."""
+    checkouts: list[object] = []
+    sa.event.listen(sqlite_engine, "checkout", lambda *args: checkouts.append(args))
+    done: list[tuple[int, int, int]] = []
+    real = WalCheckpoints.checkpoint
+
+    def recorded(self: WalCheckpoints) -> tuple[int, int, int]:
+        done.append(real(self))
+        return done[-1]
+
+    monkeypatch.setattr(WalCheckpoints, "checkpoint", recorded)
+    _write(sqlite_engine, 100)
+    checkouts.clear()
+    pooled = sqlite_engine.pool.checkedin()
+    checkpoints = WalCheckpoints(sqlite_engine, interval=0.01)
+    checkpoints.start()
+    _wait_until(lambda: len(done) >= 5)
+    checkpoints.stop()
+
+    assert len(checkouts) == 1  # once, for good: detached from the pool, never returned
+    assert sqlite_engine.pool.checkedin() == pooled
+    assert any(frames > 0 for _, frames, _ in done)
+
+
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
 def test_nothing_to_checkpoint_in_memory(url: str) -> None:
     engine = create_db_engine(url)
