@@ -53,17 +53,23 @@ def test_a_checkpoint_copies_every_committed_frame_into_the_database(
         assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 2_000
 
 
-def test_the_thread_checkpoints_while_commits_go_on_and_stops(
-    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    results: list[tuple[int, int, int]] = []
+@pytest.fixture
+def results(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Every checkpoint's result, in order."""
+    recorded: list[tuple[int, int, int]] = []
     real = WalCheckpoints.checkpoint
 
-    def recorded(self: WalCheckpoints) -> tuple[int, int, int]:
-        results.append(real(self))
-        return results[-1]
+    def recording(self: WalCheckpoints) -> tuple[int, int, int]:
+        recorded.append(real(self))
+        return recorded[-1]
 
-    monkeypatch.setattr(WalCheckpoints, "checkpoint", recorded)
+    monkeypatch.setattr(WalCheckpoints, "checkpoint", recording)
+    return recorded
+
+
+def test_the_thread_checkpoints_while_commits_go_on_and_stops(
+    sqlite_engine: sa.Engine, results: list[tuple[int, int, int]]
+) -> None:
     checkpoints = WalCheckpoints(sqlite_engine, interval=0.02)
     checkpoints.start()
     assert checkpoints.running
@@ -104,32 +110,24 @@ def test_a_failed_checkpoint_is_logged_and_the_next_one_still_runs(
 
 
 def test_checkpoints_take_no_connection_from_the_pool(
-    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+    sqlite_engine: sa.Engine, results: list[tuple[int, int, int]]
 ) -> None:
     """A pooled connection the checkpoint thread handed back would be the next one the
     writer gets (the pool gives out the last returned), its page cache stale: the thread
     takes one connection out of the pool for good."""
     checkouts: list[object] = []
     sa.event.listen(sqlite_engine, "checkout", lambda *args: checkouts.append(args))
-    done: list[tuple[int, int, int]] = []
-    real = WalCheckpoints.checkpoint
-
-    def recorded(self: WalCheckpoints) -> tuple[int, int, int]:
-        done.append(real(self))
-        return done[-1]
-
-    monkeypatch.setattr(WalCheckpoints, "checkpoint", recorded)
     _write(sqlite_engine, 100)
     checkouts.clear()
     pooled = sqlite_engine.pool.checkedin()
     checkpoints = WalCheckpoints(sqlite_engine, interval=0.01)
     checkpoints.start()
-    _wait_until(lambda: len(done) >= 5)
+    _wait_until(lambda: len(results) >= 5)
     checkpoints.stop()
 
     assert len(checkouts) == 1  # once, for good: detached from the pool, never returned
     assert sqlite_engine.pool.checkedin() == pooled
-    assert any(frames > 0 for _, frames, _ in done)
+    assert any(frames > 0 for _, frames, _ in results)
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
