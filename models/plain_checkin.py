@@ -32,7 +32,7 @@ from models.wire import (
     MAX_MIGRATION_LABEL_CHARS,
     MAX_SYSTEM_INFO_BYTES,
     agree_with_vocabulary,
-    json_object_check,
+    optional_system_info,
     plausible_time,
 )
 
@@ -99,7 +99,6 @@ class PlainCheckin(msgspec.Struct, gc=False):
 
 _DECODER = msgspec.json.Decoder(_WireCheckin)
 _TIMES = TypeAdapter(list[AwareDatetime])
-_check_envelope_system_info = json_object_check(MAX_SYSTEM_INFO_BYTES)
 # Digits as "0" and "E" as "e": a JSON text holds a number in exponent form only if "0e"
 # is in its translation (or a string does, which only costs the event the general path).
 _EXPONENT_VIEW = bytes.maketrans(b"123456789E", b"000000000e")
@@ -140,7 +139,7 @@ def _envelope_system_info(raw: msgspec.Raw) -> dict[str, Any] | None:
     value = pydantic_core.from_json(data)
     if not isinstance(value, dict):
         raise ValueError("system_info is not an object")
-    return _check_envelope_system_info(value)
+    return optional_system_info(value)
 
 
 def _checked_event(event: _WireEvent, sent_at: datetime) -> PlainEvent | None:

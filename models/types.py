@@ -56,8 +56,8 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 # JSON on SQLite, JSONB on PostgreSQL, declared once: the agent's JSON columns.
 PortableJSON: sa.types.TypeEngine[Any] = sa.JSON().with_variant(JSONB(), "postgresql")
 # An event's system_info and details: JSON on both. Nothing queries inside them; they are
-# stored, shown and exported whole. PostgreSQL's `json` keeps the text as written (the
-# compact serialisation of `dumps_json`) after checking it is JSON, where jsonb parsed it
+# stored, shown and exported whole. PostgreSQL's `json` keeps the text as written
+# (`dumps_json`'s, or an agent's own, `JSONText`) after checking it is JSON, where jsonb parsed it
 # into a tree at every insert and printed it back at every read: at a million events that
 # was a third of PostgreSQL's work in an export and part of its work at ingest.
 PayloadJSON: sa.types.TypeEngine[Any] = sa.JSON()

@@ -161,22 +161,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class EventFields(_Strict):
-    """An event's fields, with the checks pydantic-core makes of them by itself; `Event`
-    adds the checks written in Python."""
-
-    event_id: UUID
-    event_type: EventType
-    status: Status
-    error_message: str | None = None
-    error_truncated: bool = False
-    migration_from: Annotated[str, LABEL_LENGTH] | None = None
-    migration_to: Annotated[str, LABEL_LENGTH] | None = None
-    timestamp: AwareDatetime
-    system_info: dict[str, Any] = Field(default_factory=dict)
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
 def plausible_time(value: datetime) -> datetime:
     """The time in UTC, if an agent can have reported it; ValueError otherwise."""
     try:
@@ -246,11 +230,19 @@ def _clean_optional(value: str | None) -> str | None:
     return None if value is None else clean_text(value)
 
 
-class Event(EventFields):
+class Event(_Strict):
     """One outcome an agent reports: a migration step or a regular update event."""
 
+    event_id: UUID
+    event_type: EventType
+    status: Status
+    error_message: str | None = None
+    error_truncated: bool = False
     migration_from: Annotated[CleanStr, LABEL_LENGTH] | None = None
     migration_to: Annotated[CleanStr, LABEL_LENGTH] | None = None
+    timestamp: AwareDatetime
+    system_info: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
 
     _clean = field_validator("error_message")(_clean_optional)
     _system_info = field_validator("system_info")(_check_system_info)
@@ -273,7 +265,8 @@ RawEvent = Annotated[
 ]
 
 
-def _optional_system_info(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def optional_system_info(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The check of a check-in's own system_info, which may be absent."""
     return None if value is None else _check_system_info(value)
 
 
@@ -284,7 +277,7 @@ class CheckinRequest(_Strict):
     system_info: dict[str, Any] | None = None
     events: list[RawEvent] = Field(default_factory=list, max_length=MAX_EVENTS_PER_CHECKIN)
 
-    _system_info = field_validator("system_info")(_optional_system_info)
+    _system_info = field_validator("system_info")(optional_system_info)
 
 
 class RejectedEvent(BaseModel):
